@@ -1,0 +1,57 @@
+"""The engine's errors.  Each job error says which ranges were not done, so a caller can redo them."""
+
+from __future__ import annotations
+
+Ranges = list[tuple[int, int]]
+
+
+class PadataError(Exception):
+    """Base class of every error padata_mp raises on its own account."""
+
+
+class JobFailedError(PadataError):
+    """thread_fn raised.  ``__cause__`` is the original exception (rebuilt from the worker when it
+    could be pickled), the message carries the remote traceback, and ``not_done`` lists the ranges
+    whose calls did not complete (the failing chunk included)."""
+
+    def __init__(self, message: str, *, chunk: tuple[int, int], worker: int, not_done: Ranges):
+        super().__init__(message)
+        self.chunk = chunk
+        self.worker = worker
+        self.not_done = not_done
+
+
+class WorkerDiedError(PadataError):
+    """A helper process died during the job.  ``exitcode`` is its exit status (negative: the signal
+    that killed it), ``chunk`` the range it held when it died (None if it held none) and
+    ``not_done`` every range left undone."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        pid: int,
+        exitcode: int | None,
+        chunk: tuple[int, int] | None,
+        not_done: Ranges,
+    ):
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+        self.chunk = chunk
+        self.not_done = not_done
+
+
+class ShmSpaceError(PadataError):
+    """/dev/shm has no room for a block; raised before the block exists, instead of a SIGBUS later."""
+
+
+def merge_ranges(ranges: Ranges) -> Ranges:
+    """Sorted, non-empty, with touching or overlapping ranges joined."""
+    merged: Ranges = []
+    for start, end in sorted(r for r in ranges if r[1] > r[0]):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged

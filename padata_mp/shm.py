@@ -1,0 +1,225 @@
+"""Numpy arrays in POSIX shared memory that worker processes attach to once and keep.
+
+The creator owns a block and is the only one to unlink it.  Every other process attaches on first
+use, pre-faults the whole mapping once (a child does not inherit the parent's page tables for a
+shared mapping, and with dynamic claiming any worker may get any chunk), and keeps it until the
+block is unlinked.  Space is reserved with fallocate at creation, so a full /dev/shm is a Python
+exception there instead of a SIGBUS at some later first write (cpython #114390).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import secrets
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from multiprocessing import resource_tracker
+from multiprocessing.shared_memory import SharedMemory
+
+import numpy as np
+import psutil
+
+from .errors import ShmSpaceError
+
+SHM_DIR = "/dev/shm"
+# Block names carry the creator's pid, so blocks left by a creator that was SIGKILLed can be swept.
+PREFIX = "padata_mp_"
+MADV_POPULATE_WRITE = 23  # Linux >= 5.14
+
+# name -> (block, array) for every block this process has mapped, created or attached.
+_mapped: dict[str, tuple[SharedMemory, np.ndarray]] = {}
+_mapped_lock = threading.Lock()
+# Called with a block's name after its creator unlinked it (the engine tells its workers to let go).
+_unlink_hooks: list[Callable[[str], None]] = []
+
+
+class SharedArray:
+    """A numpy array in shared memory.  Create it in the coordinator, put it in a job's ``fn_arg``,
+    and read ``.array`` inside ``thread_fn``: each worker attaches once and caches the mapping.
+
+    Only the creator unlinks (``unlink()``, or leaving its ``with`` block).  A handle that reaches
+    another process pickles as the block's name, shape and dtype.
+    """
+
+    def __init__(self, name: str, shape: tuple[int, ...], dtype: np.dtype | str):
+        self.name = name
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
+        self._owner = False
+
+    @classmethod
+    def create(cls, shape: int | tuple[int, ...], dtype: np.dtype | str = np.uint8) -> SharedArray:
+        """A new zero-filled block with its memory reserved now.  Raises ShmSpaceError, before
+        creating anything, if /dev/shm lacks the room."""
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        if any(not isinstance(n, int) or n < 0 for n in shape):
+            raise ValueError(f"shape must be non-negative ints, got {shape}")
+        dtype = np.dtype(dtype)
+        nbytes = max(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, 1)
+        check_room(nbytes)
+        name = f"{PREFIX}{os.getpid()}_{secrets.token_hex(6)}"
+        block = SharedMemory(name, create=True, size=nbytes)
+        try:
+            _reserve(name, nbytes)
+        except BaseException:
+            block.close()
+            block.unlink()
+            raise
+        self = cls(name, shape, dtype)
+        self._owner = True
+        with _mapped_lock:
+            _mapped[name] = (block, _view(block, shape, dtype))
+        return self
+
+    @property
+    def array(self) -> np.ndarray:
+        """The array, mapped into this process (attached and pre-faulted on first use)."""
+        entry = _mapped.get(self.name)
+        if entry is None:
+            entry = _attach(self.name, self.shape, self.dtype)
+        return entry[1]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def unlink(self) -> None:
+        """Unmap and remove the block (creator only; idempotent).  Workers are told to let go."""
+        if not self._owner:
+            raise PermissionError(f"only the creator of {self.name} unlinks it")
+        self._owner = False
+        block = _unmap(self.name)
+        if block is not None:
+            block.unlink()
+        for hook in list(_unlink_hooks):
+            hook(self.name)
+
+    def __enter__(self) -> SharedArray:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._owner:
+            self.unlink()
+
+    def __reduce__(self) -> tuple:
+        return (SharedArray, (self.name, self.shape, self.dtype.str))
+
+    def __repr__(self) -> str:
+        return f"SharedArray({self.name!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+def check_room(nbytes: int) -> None:
+    """Raise ShmSpaceError if /dev/shm cannot hold ``nbytes`` more."""
+    stat = os.statvfs(SHM_DIR)
+    free = stat.f_bavail * stat.f_frsize
+    if nbytes > free:
+        raise ShmSpaceError(
+            f"{SHM_DIR} has {free / 2**30:.2f} GiB free but {nbytes / 2**30:.2f} GiB are needed: "
+            f"ask for less memory or enlarge {SHM_DIR} (docker: --shm-size)"
+        )
+
+
+def detach(name: str) -> bool:
+    """Unmap ``name`` in this process if it is mapped.  False if a view of it is still in use: the
+    mapping then goes when the last view does."""
+    block = _unmap(name)
+    return block is None or block.buf is None
+
+
+def prefault(array: np.ndarray) -> bool:
+    """Map every page of ``array`` writable now (MADV_POPULATE_WRITE), so later writes take no page
+    faults.  False where the kernel lacks it (before 5.14); the writes then fault as they go."""
+    if array.nbytes == 0:
+        return True
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    page = os.sysconf("SC_PAGESIZE")
+    start = array.ctypes.data // page * page
+    length = array.ctypes.data + array.nbytes - start
+    if libc.madvise(start, length, MADV_POPULATE_WRITE) == 0:
+        return True
+    if ctypes.get_errno() in (errno.EINVAL, errno.ENOSYS, errno.EPERM):
+        return False
+    raise OSError(ctypes.get_errno(), f"madvise(MADV_POPULATE_WRITE) failed on {array.nbytes} bytes")
+
+
+def sweep_dead_owners() -> list[str]:
+    """Unlink blocks whose creator process no longer exists (it was SIGKILLed before it could
+    unlink them); returns their names."""
+    swept = []
+    for name in os.listdir(SHM_DIR):
+        if not name.startswith(PREFIX):
+            continue
+        pid = name[len(PREFIX) :].partition("_")[0]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(SHM_DIR, name))
+                swept.append(name)
+    return swept
+
+
+def on_unlink(hook: Callable[[str], None]) -> Callable[[], None]:
+    """Call ``hook(name)`` after each block this process created is unlinked; returns a remover."""
+    _unlink_hooks.append(hook)
+    return lambda: _unlink_hooks.remove(hook)
+
+
+def _attach(name: str, shape: tuple[int, ...], dtype: np.dtype) -> tuple[SharedMemory, np.ndarray]:
+    with _mapped_lock:
+        entry = _mapped.get(name)
+        if entry is None:
+            with _untracked():
+                block = SharedMemory(name) if sys.version_info < (3, 13) else SharedMemory(name, track=False)
+            entry = _mapped[name] = (block, _view(block, shape, dtype))
+            prefault(entry[1])
+    return entry
+
+
+@contextlib.contextmanager
+def _untracked() -> Iterator[None]:
+    """Before 3.13 every attach registers the block with the resource tracker, which then unlinks
+    it, or warns of a leak, when this process exits (gh-82300).  Only the creator should register."""
+    if sys.version_info >= (3, 13):
+        yield
+        return
+    register = resource_tracker.register
+    resource_tracker.register = lambda name, rtype: None
+    try:
+        yield
+    finally:
+        resource_tracker.register = register
+
+
+def _unmap(name: str) -> SharedMemory | None:
+    """Forget and close this process's mapping of ``name``; the block, or None if it was not mapped."""
+    with _mapped_lock:
+        entry = _mapped.pop(name, None)
+    if entry is None:
+        return None
+    block = entry[0]
+    del entry  # the cached view must go before the mapping can close
+    with contextlib.suppress(BufferError):  # a view still in use: the mapping closes when it goes
+        block.close()
+    return block
+
+
+def _view(block: SharedMemory, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    count = int(np.prod(shape, dtype=np.int64))
+    return np.frombuffer(block.buf, dtype=dtype, count=count).reshape(shape)
+
+
+def _reserve(name: str, nbytes: int) -> None:
+    """Allocate the block's pages now: ENOSPC here instead of SIGBUS on a later first write."""
+    fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise ShmSpaceError(f"{SHM_DIR} ran out of room reserving {nbytes} bytes") from exc
+        raise
+    finally:
+        os.close(fd)

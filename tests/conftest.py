@@ -1,0 +1,46 @@
+import os
+
+import numpy as np
+import psutil
+import pytest
+
+from padata_mp import Padata, SharedArray
+
+
+def shm_entries() -> set[str]:
+    return set(os.listdir("/dev/shm"))
+
+
+def children() -> set[int]:
+    # The forkserver and the resource tracker are started once per interpreter and stay: not leaks.
+    me = os.getpid()
+    return {
+        p.pid
+        for p in psutil.Process().children(recursive=True)
+        if not (
+            p.ppid() == me
+            and ("forkserver" in " ".join(p.cmdline()) or "resource_tracker" in " ".join(p.cmdline()))
+        )
+    }
+
+
+@pytest.fixture(scope="session")
+def engine():
+    with Padata(2) as e:
+        yield e
+
+
+@pytest.fixture
+def counts():
+    """A zeroed shared int64 array of 1 Mi entries."""
+    with SharedArray.create(1 << 20, np.int64) as block:
+        yield block
+
+
+@pytest.fixture
+def no_leaks():
+    """Fails the test if it leaves a /dev/shm entry or a child process behind."""
+    shm_before, children_before = shm_entries(), children()
+    yield
+    assert shm_entries() - shm_before == set()
+    assert children() - children_before == set()

@@ -1,0 +1,43 @@
+"""thread_fns for the tests: module-level so worker processes can import them."""
+
+import os
+import signal
+import time
+
+
+def nothing(start, end, arg):
+    pass
+
+
+def count(start, end, arg):
+    """Add one to every index of [start, end) in the shared int64 array ``arg``."""
+    arg.array[start:end] += 1
+
+
+def count_slowly(start, end, arg):
+    block, delay = arg
+    block.array[start:end] += 1
+    time.sleep(delay)
+
+
+def raise_at(start, end, arg):
+    block, bad = arg
+    if start <= bad < end:
+        raise ValueError(f"bad index {bad}")
+    block.array[start:end] += 1
+
+
+def kill_self_at(start, end, arg):
+    """SIGKILL the process running the chunk holding ``bad`` - unless it is the coordinator."""
+    block, bad, coordinator = arg
+    if start <= bad < end and os.getpid() != coordinator:
+        os.kill(os.getpid(), signal.SIGKILL)
+    block.array[start:end] += 1
+
+
+def returns_value(start, end, arg):
+    return end - start
+
+
+def record_pid(start, end, arg):
+    arg.array[start:end] = os.getpid()

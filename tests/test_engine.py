@@ -1,0 +1,227 @@
+"""Real runs on a pool of worker processes: coverage, the kernel's claim rules, errors and leaks."""
+
+import os
+import pickle
+import signal
+
+import numpy as np
+import psutil
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from padata_mp import (
+    CALLER,
+    JobFailedError,
+    MtJob,
+    Padata,
+    PadataError,
+    SharedArray,
+    WorkerDiedError,
+    do_multithreaded,
+    plan,
+)
+from padata_mp.job import claim_sequence
+from tests import fns
+from tests.conftest import children, shm_entries
+
+N = 1 << 20
+
+
+def check_report(report, job):
+    """The report's chunks are exactly the kernel's claim sequence for the nworks it got."""
+    p = plan(job, report.nworks)
+    assert report.chunk_size == p.chunk_size
+    got = sorted((s, e) for s, e, _ in report.chunks)
+    expected = (
+        [(job.start, job.end)] if report.nworks == 1 and len(got) == 1 else claim_sequence(job, p.chunk_size)
+    )
+    assert got == expected
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    start=st.integers(0, N // 2),
+    size=st.integers(0, N // 2),
+    align=st.integers(1, 5000),
+    min_chunk=st.integers(0, 20000),
+    max_threads=st.integers(1, 8),
+)
+def test_every_index_exactly_once(engine, counts, start, size, align, min_chunk, max_threads):
+    counts.array[:] = 0
+    job = MtJob(fns.count, counts, start, size, align, min_chunk, max_threads)
+    report = engine.do_multithreaded(job)
+    a = counts.array
+    assert (a[start : start + size] == 1).all()
+    assert a[:start].sum() == 0 and a[start + size :].sum() == 0
+    assert report.nworks <= max_threads
+    if size == 0:
+        assert report.nworks == 0 and report.chunks == []
+        return
+    check_report(report, job)
+
+
+def test_one_work_is_one_call_in_the_caller(engine, counts):
+    job = MtJob(fns.record_pid, counts, 10, 1000, min_chunk=5000, max_threads=8)
+    report = engine.do_multithreaded(job)
+    assert report.nworks == 1
+    assert report.chunks == [(10, 1010, CALLER)]
+    assert (counts.array[10:1010] == os.getpid()).all()
+
+
+def test_helpers_and_caller_share_the_work(engine, counts):
+    job = MtJob(fns.count_slowly, (counts, 0.01), 0, N, align=4096, min_chunk=4096, max_threads=2)
+    report = engine.do_multithreaded(job)
+    assert report.nworks == 2
+    workers = {wid for _, _, wid in report.chunks}
+    assert workers == {CALLER, 0} or workers == {CALLER, 1}
+    assert set(report.busy_s) == workers
+    assert (counts.array == 1).all()
+
+
+def test_default_engine_caps_processes_at_the_cpu_count():
+    cpus = len(os.sched_getaffinity(0))
+    with Padata() as e, SharedArray.create(N, np.int64) as block:
+        report = e.do_multithreaded(MtJob(fns.count, block, 0, N, max_threads=64))
+        assert report.nworks <= cpus
+        assert len(e.workers) == cpus
+
+
+def test_module_level_do_multithreaded(counts):
+    report = do_multithreaded(MtJob(fns.count, counts, 0, N, align=512, max_threads=2))
+    assert (counts.array == 1).all()
+    check_report(report, MtJob(fns.count, counts, 0, N, align=512, max_threads=2))
+
+
+def test_submit_runs_jobs_at_once(engine, counts):
+    jobs = [MtJob(fns.count, counts, k * (N // 4), N // 4, align=64, max_threads=2) for k in range(4)]
+    futures = [engine.submit(j) for j in jobs]
+    for f, j in zip(futures, jobs, strict=True):
+        check_report(f.result(timeout=60), j)
+    assert (counts.array == 1).all()
+
+
+def test_thread_fn_raising_names_the_chunk_and_what_is_not_done(engine, counts):
+    bad = 700_000
+    job = MtJob(fns.raise_at, (counts, bad), 0, N, align=4096, min_chunk=4096, max_threads=2)
+    with pytest.raises(JobFailedError) as info:
+        engine.do_multithreaded(job)
+    err = info.value
+    assert isinstance(err.__cause__, ValueError) and "bad index 700000" in str(err.__cause__)
+    assert "raise_at" in str(err)  # the remote traceback
+    assert err.chunk[0] <= bad < err.chunk[1]
+    done = counts.array == 1
+    # Everything outside not_done was done exactly once; nothing was done twice.
+    outside = np.ones(N, bool)
+    for s, e in err.not_done:
+        outside[s:e] = False
+    assert done[outside].all()
+    assert counts.array.max() == 1
+    assert not done[bad]
+    # The engine still works.
+    counts.array[:] = 0
+    engine.do_multithreaded(MtJob(fns.count, counts, 0, N, align=4096, max_threads=2))
+    assert (counts.array == 1).all()
+
+
+def test_thread_fn_returning_a_value_is_an_error(engine):
+    with pytest.raises(JobFailedError, match="must return None"):
+        engine.do_multithreaded(MtJob(fns.returns_value, None, 0, 100, max_threads=2))
+    with pytest.raises(JobFailedError, match="must return None"):
+        engine.do_multithreaded(MtJob(fns.returns_value, None, 0, 100, min_chunk=100))
+
+
+def test_a_killed_worker_is_reported_and_replaced(no_leaks, counts):
+    with Padata(2) as e:
+        job = MtJob(fns.kill_self_at, (counts, N // 2, os.getpid()), 0, N, align=1024, max_threads=2)
+        # The caller may claim the poisoned chunk itself; retry until a helper takes it.
+        err = None
+        for _ in range(20):
+            counts.array[:] = 0
+            pids = {pid for _, pid, _ in e.workers}
+            try:
+                e.do_multithreaded(job)
+            except WorkerDiedError as died:
+                err = died
+                break
+        assert err is not None, "no helper ever claimed the chunk"
+        assert err.pid in pids
+        assert err.exitcode == -signal.SIGKILL
+        assert err.chunk is not None and err.chunk[0] <= N // 2 < err.chunk[1]
+        assert "signal 9" in str(err)
+        outside = np.ones(N, bool)
+        for s, end in err.not_done:
+            outside[s:end] = False
+        assert (counts.array[outside] == 1).all()
+        # Replaced: a new pid, same count, and the next job succeeds.
+        assert len(e.workers) == 2 and {pid for _, pid, _ in e.workers} != pids
+        counts.array[:] = 0
+        e.do_multithreaded(MtJob(fns.count, counts, 0, N, align=1024, max_threads=3))
+        assert (counts.array == 1).all()
+
+
+def test_a_worker_killed_while_idle_is_replaced(engine, counts):
+    os.kill(engine.workers[0][1], signal.SIGKILL)
+    psutil.Process(engine.workers[0][1]).wait(5)
+    engine.do_multithreaded(MtJob(fns.count, counts, 0, N, align=1024, max_threads=3))
+    assert (counts.array == 1).all()
+
+
+def test_bad_input_is_refused_before_work(engine):
+    with pytest.raises(TypeError, match="picklable"):
+        engine.do_multithreaded(MtJob(lambda s, e, a: None, None, 0, 10))
+    with pytest.raises(TypeError, match="picklable"):
+        engine.do_multithreaded(MtJob(fns.nothing, lambda: None, 0, 10))
+    with pytest.raises(TypeError, match="MtJob"):
+        engine.do_multithreaded((fns.nothing, None, 0, 10))
+    with pytest.raises(ValueError, match="node"):
+        engine.do_multithreaded(MtJob(fns.nothing, None, 0, 10), node=7)
+    with pytest.raises(ValueError, match="workers"):
+        Padata(0)
+    with pytest.raises(ValueError, match="start_method"):
+        Padata(1, start_method="vfork")
+
+
+def test_close_leaves_nothing_and_refuses_new_jobs(no_leaks):
+    e = Padata(2)
+    pids = [pid for _, pid, _ in e.workers]
+    e.close()
+    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
+    with pytest.raises(PadataError, match="closed"):
+        e.do_multithreaded(MtJob(fns.nothing, None, 0, 10, max_threads=2))
+    e.close()  # idempotent
+
+
+def test_errors_leave_nothing_behind(no_leaks):
+    with Padata(2) as e, SharedArray.create(N, np.int64) as block:
+        with pytest.raises(JobFailedError):
+            e.do_multithreaded(MtJob(fns.raise_at, (block, 5), 0, N, align=1024, max_threads=2))
+    with pytest.raises(RuntimeError), Padata(2), SharedArray.create(N, np.int64):
+        raise RuntimeError("user code failed")
+
+
+def test_shared_array_pickles_as_a_handle_and_unlinks_once(no_leaks):
+    with SharedArray.create((4, 5), np.int32) as block:
+        block.array[:] = 7
+        copy = pickle.loads(pickle.dumps(block))
+        assert copy.name == block.name and copy.shape == (4, 5) and copy.dtype == np.int32
+        assert (copy.array == 7).all()
+        with pytest.raises(PermissionError):
+            copy.unlink()
+    assert block.name not in shm_entries()
+
+
+def test_workers_unmap_unlinked_blocks(engine):
+    block = SharedArray.create(N, np.int64)
+    engine.attach(block)
+    for _, pid, _ in engine.workers:
+        assert any(block.name in m.path for m in psutil.Process(pid).memory_maps())
+    block.unlink()
+    for _, pid, _ in engine.workers:
+        assert not any(block.name in m.path for m in psutil.Process(pid).memory_maps())
+
+
+def test_children_are_counted_by_the_leak_fixture():
+    before = children()
+    with Padata(1):
+        assert len(children() - before) == 1
