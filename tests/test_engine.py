@@ -193,9 +193,8 @@ def test_close_leaves_nothing_and_refuses_new_jobs(no_leaks):
 
 
 def test_errors_leave_nothing_behind(no_leaks):
-    with Padata(2) as e, SharedArray.create(N, np.int64) as block:
-        with pytest.raises(JobFailedError):
-            e.do_multithreaded(MtJob(fns.raise_at, (block, 5), 0, N, align=1024, max_threads=2))
+    with Padata(2) as e, SharedArray.create(N, np.int64) as block, pytest.raises(JobFailedError):
+        e.do_multithreaded(MtJob(fns.raise_at, (block, 5), 0, N, align=1024, max_threads=2))
     with pytest.raises(RuntimeError), Padata(2), SharedArray.create(N, np.int64):
         raise RuntimeError("user code failed")
 

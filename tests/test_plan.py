@@ -1,5 +1,7 @@
 """The kernel's chunking rules (kernel.md section 2), checked against its own arithmetic."""
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -55,7 +57,7 @@ def test_claims_cover_the_range_once_with_aligned_ends(start, size, align, min_c
     p = plan(j)
     chunks = claim_sequence(j, p.chunk_size)
     assert chunks[0][0] == start and chunks[-1][1] == start + size
-    assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:], strict=False))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(chunks))
     # Every chunk but the job's last ends on an absolute multiple of chunk_size, hence of align.
     assert all(end % p.chunk_size == 0 for _, end in chunks[:-1])
     # Only the first chunk may be short.
