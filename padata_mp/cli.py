@@ -1,4 +1,4 @@
-"""The command line: ``padata-mp topology``.
+"""The command line: ``padata-mp topology | init | bench``.
 
 Bad values exit with status 2 and one line on stderr, before any work starts.
 """
@@ -6,9 +6,14 @@ Bad values exit with status 2 and one line on stderr, before any work starts.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import time
+from collections.abc import Iterator
 
-from .topology import describe, parse_synthetic, read_topology
+from .errors import PadataError
+from .topology import Topology, describe, parse_synthetic, read_topology
 
 
 class UsageError(Exception):
@@ -30,6 +35,24 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _size(text: str) -> int:
+    from .mm import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _nodes(text: str) -> int | str:
+    return "auto" if text == "auto" else _positive_int(text)
+
+
+def _topology(args: argparse.Namespace) -> Topology:
+    host = read_topology(getattr(args, "sysfs", "/sys"))
+    return parse_synthetic(args.synthetic, host) if args.synthetic else host
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="padata-mp", description="padata's multithreaded jobs on a process pool")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -37,26 +60,72 @@ def build_parser() -> argparse.ArgumentParser:
     topo.add_argument("--sysfs", default="/sys", help="sysfs root to read (default /sys)")
     topo.add_argument("--synthetic", metavar="NxC", help="simulate N nodes of C CPUs over the host's CPUs")
     topo.add_argument("--workers", type=_positive_int, help="workers the engine would start")
+
+    init = sub.add_parser("init", help="create a simulated machine and run deferred struct-page init")
+    init.add_argument(
+        "--mem", type=_size, default="8G", help="simulated memory, like 512M, 64G, 1T (default 8G)"
+    )
+    init.add_argument("--nodes", type=_nodes, default=1, help="simulated nodes, or auto (default 1)")
+    init.add_argument("--threads", type=_positive_int, help="max_threads per node (default: the node's CPUs)")
+    init.add_argument("--synthetic", metavar="NxC", help="run the engine on N simulated nodes of C CPUs")
+    init.add_argument("--verify", action="store_true", help="prove the result afterwards")
     return parser
 
 
 def cmd_topology(args: argparse.Namespace) -> int:
-    host = read_topology(args.sysfs)
-    topology = parse_synthetic(args.synthetic, host) if args.synthetic else host
-    print(describe(topology, args.workers))
+    print(describe(_topology(args), args.workers))
     return 0
 
 
-COMMANDS = {"topology": cmd_topology}
+def cmd_init(args: argparse.Namespace) -> int:
+    from .mm import Machine, deferred_init
+    from .pool import Padata
+
+    topology = _topology(args)
+    began = time.perf_counter()
+    # The machine first: its checks (nodes, room in /dev/shm) come before any process starts.
+    with Machine.create(args.mem, args.nodes) as machine, Padata(topology=topology) as engine:
+        created = time.perf_counter() - began
+        engine.attach(*machine.shared_arrays)
+        result = deferred_init(machine, engine, args.threads)
+        for node, ms in sorted(result.node_ms.items()):
+            print(f"node {node} deferred pages initialised in {round(ms)}ms")
+        rate = result.pages / (result.elapsed_ms / 1e3) if result.elapsed_ms else 0.0
+        print(
+            f"{result.pages} pages in {result.elapsed_ms:.1f} ms: {rate / 1e6:.1f} Mpages/s, "
+            f"{rate * 64 / 1e9:.2f} GB/s of struct pages (machine created in {created:.2f} s)"
+        )
+        if args.verify:
+            summary = machine.verify()
+            print(f"verified: {summary.free_pages} pages free, {summary.deferred_pages} deferred")
+    return 0
+
+
+COMMANDS = {"topology": cmd_topology, "init": cmd_init}
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so every ``with`` block cleans up."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return COMMANDS[args.command](args)
-    except (UsageError, ValueError) as exc:
-        print(f"padata-mp: error: {exc}", file=sys.stderr)
+        with _sigterm_as_interrupt():
+            return COMMANDS[args.command](args)
+    except (UsageError, ValueError, TypeError, PadataError) as exc:
+        print(f"padata-mp: error: {exc}".splitlines()[0], file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("padata-mp: interrupted", file=sys.stderr)
+        print("padata-mp: interrupted, cleaned up", file=sys.stderr)
         return 130

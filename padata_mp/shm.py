@@ -71,8 +71,10 @@ class SharedArray:
             raise
         self = cls(name, shape, dtype)
         self._owner = True
+        view = _view(block, shape, dtype)
+        prefault(view)  # the pages exist (reserved above); map them here too, once
         with _mapped_lock:
-            _mapped[name] = (block, _view(block, shape, dtype))
+            _mapped[name] = (block, view)
         return self
 
     @property
@@ -123,11 +125,9 @@ def check_room(nbytes: int) -> None:
         )
 
 
-def detach(name: str) -> bool:
-    """Unmap ``name`` in this process if it is mapped.  False if a view of it is still in use: the
-    mapping then goes when the last view does."""
-    block = _unmap(name)
-    return block is None or block.buf is None
+def detach(name: str) -> None:
+    """Unmap ``name`` in this process if it is mapped (at once, or when the last view of it goes)."""
+    _unmap(name)
 
 
 def prefault(array: np.ndarray) -> bool:
@@ -202,8 +202,12 @@ def _unmap(name: str) -> SharedMemory | None:
         return None
     block = entry[0]
     del entry  # the cached view must go before the mapping can close
-    with contextlib.suppress(BufferError):  # a view still in use: the mapping closes when it goes
+    try:
         block.close()
+    except BufferError:
+        # A view is still in use: the mapping goes with the last one.  Drop the block's own
+        # handle so its __del__ does not try, and fail, to close it again.
+        block._mmap = None
     return block
 
 

@@ -1,0 +1,450 @@
+"""A simulated machine's memory and the kernel's deferred struct-page init, run in parallel.
+
+``Machine.create`` lays out nodes and zones as on x86-64 and does what early boot does, single
+threaded: the low zones and the first section of each node's highest zone get their struct pages
+initialised (and stay reserved: the model frees only what deferred init frees); the rest of the
+memmap is left poisoned.  ``deferred_init`` then runs one padata job per node, all nodes at once,
+with the kernel's parameters, and ``Machine.verify`` proves the result.
+
+The memory model uses the engine; the engine knows nothing of struct pages.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import pages as pg
+from .errors import PadataError
+from .job import MtJob
+from .pool import Padata, default_engine
+from .shm import SharedArray
+
+log = logging.getLogger("padata_mp.mm")
+
+GiB = 1 << 30
+DMA_END_PFN = (16 << 20) // pg.PAGE_SIZE  # ZONE_DMA: the first 16 MiB
+DMA32_END_PFN = (4 << 30) // pg.PAGE_SIZE  # ZONE_DMA32: up to 4 GiB
+ZONE_LIMITS = ((0, DMA_END_PFN), (DMA_END_PFN, DMA32_END_PFN), (DMA32_END_PFN, 1 << 62))
+
+# Per zone: the free lists (one list head per order) and the counters of struct zone.
+ZONE_DTYPE = np.dtype(
+    [
+        ("free_next", "<u8", (pg.NR_ORDERS,)),
+        ("free_prev", "<u8", (pg.NR_ORDERS,)),
+        ("nr_free", "<i8", (pg.NR_ORDERS,)),
+        ("managed_pages", "<i8"),
+    ]
+)
+# Per section, what deferred init freed there: the first and last head and the count, per order.
+FIRST, LAST, COUNT = 0, 1, 2
+
+
+class VerifyError(PadataError):
+    """The memmap is not as the kernel leaves it; ``pfn`` and ``field`` name the first fault."""
+
+    def __init__(self, message: str, *, pfn: int | None = None, field: str | None = None):
+        super().__init__(message)
+        self.pfn = pfn
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Zone:
+    node: int
+    zone: int  # ZONE_DMA, ZONE_DMA32 or ZONE_NORMAL
+    start_pfn: int
+    end_pfn: int
+    first_deferred_pfn: int  # == end_pfn when nothing in the zone is deferred
+
+    @property
+    def name(self) -> str:
+        return pg.ZONE_NAMES[self.zone]
+
+
+@dataclass(frozen=True)
+class NodeLayout:
+    node: int
+    start_pfn: int
+    end_pfn: int
+    zones: tuple[Zone, ...]
+
+    @property
+    def highest_zone(self) -> Zone:
+        return self.zones[-1]
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from an int or a string such as ``"512M"``, ``"64G"``, ``"1T"`` (powers of 1024)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", str(text), re.IGNORECASE)
+        if not match:
+            raise ValueError(
+                f"a size is a number with an optional K, M, G or T suffix, like 64G; got {text!r}"
+            )
+        scale = 1024 ** " KMGT".index(match[2].upper() or " ")
+        value = int(float(match[1]) * scale)
+    if value < pg.PAGE_SIZE:
+        raise ValueError(f"memory must be at least one page ({pg.PAGE_SIZE} bytes), got {text!r}")
+    return value
+
+
+def layout(total_pages: int, nodes: int) -> tuple[NodeLayout, ...]:
+    """Nodes splitting memory evenly on section boundaries (the last takes any partial section),
+    each holding the parts of DMA, DMA32 and Normal that fall in its pfn range."""
+    sections = -(-total_pages // pg.PAGES_PER_SECTION)
+    if not isinstance(nodes, int) or nodes < 1 or nodes > sections:
+        raise ValueError(f"nodes must be between 1 and the number of sections ({sections}), got {nodes!r}")
+    made = []
+    for k in range(nodes):
+        start = k * sections // nodes * pg.PAGES_PER_SECTION
+        end = total_pages if k == nodes - 1 else (k + 1) * sections // nodes * pg.PAGES_PER_SECTION
+        spans = [(z, max(start, lo), min(end, hi)) for z, (lo, hi) in enumerate(ZONE_LIMITS)]
+        spans = [(z, lo, hi) for z, lo, hi in spans if lo < hi]
+        zones = [Zone(k, z, lo, hi, hi) for z, lo, hi in spans[:-1]]
+        z, lo, hi = spans[-1]
+        zones.append(Zone(k, z, lo, hi, min(_first_deferred(lo), hi)))
+        made.append(NodeLayout(k, start, end, tuple(zones)))
+    return tuple(made)
+
+
+def _first_deferred(zone_start: int) -> int:
+    """defer_init(): deferral starts at the first section boundary after one section of the
+    node's highest zone has been initialised."""
+    first = zone_start + pg.PAGES_PER_SECTION
+    return -(-first // pg.PAGES_PER_SECTION) * pg.PAGES_PER_SECTION
+
+
+@dataclass(frozen=True)
+class ZoneJob:
+    """fn_arg of a node's deferred-init job: what the chunk function needs, by shared handle."""
+
+    memmap: SharedArray
+    pageblocks: SharedArray
+    records: SharedArray
+    node: int
+    zone: int
+    end_pfn: int
+    holes: tuple[tuple[int, int], ...]
+
+
+def init_chunk(start: int, end: int, job: ZoneJob) -> None:
+    """thread_fn of deferred init: initialise and free [start, end), clipped to the zone, holes
+    skipped, section by section; record each section's freed heads, linked, for the splice.
+
+    The engine cuts the job on section boundaries (align = PAGES_PER_SECTION); a range that is not
+    is refused, since two calls must never share a section's record.
+    """
+    if start % pg.PAGES_PER_SECTION or (end % pg.PAGES_PER_SECTION and end < job.end_pfn):
+        raise ValueError(f"deferred init works in whole sections, got [{start}, {end})")
+    raw, pageblocks, records = job.memmap.array, job.pageblocks.array, job.records.array
+    flags = pg.page_flags(job.node, job.zone)
+    for section in range(start, min(end, job.end_pfn), pg.PAGES_PER_SECTION):
+        top = min(section + pg.PAGES_PER_SECTION, job.end_pfn)
+        heads: tuple[list, list] = ([], [])
+        for lo, hi in _free_ranges(section, top, job.holes):
+            order10, order0 = pg.init_and_free(raw, pageblocks, lo, hi, flags)
+            heads[0].append(order0)
+            heads[1].append(order10)
+        record = records[section // pg.PAGES_PER_SECTION]
+        record[:] = 0
+        for order, parts in ((0, heads[0]), (pg.MAX_ORDER, heads[1])):
+            pfns = np.concatenate(parts) if parts else np.empty(0, np.int64)
+            if len(pfns):
+                pg.link(raw, pfns)
+                record[order] = (pfns[0], pfns[-1], len(pfns))
+
+
+def _free_ranges(start: int, end: int, holes: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
+    """[start, end) less the holes (sorted, disjoint)."""
+    ranges, at = [], start
+    for lo, hi in holes:
+        if hi <= at or lo >= end:
+            continue
+        if lo > at:
+            ranges.append((at, lo))
+        at = max(at, hi)
+    if at < end:
+        ranges.append((at, end))
+    return ranges
+
+
+@dataclass
+class DeferredInit:
+    """What deferred_init did: per node, milliseconds (its job plus its splice) and the job's report."""
+
+    node_ms: dict[int, float]
+    reports: dict[int, object] = field(default_factory=dict)
+    elapsed_ms: float = 0.0  # first job started to last node spliced: the "slowest node" figure
+    pages: int = 0
+
+
+@dataclass
+class VerifySummary:
+    deferred_pages: int
+    free_pages: int
+    per_node: dict[int, int]
+    per_zone: dict[tuple[int, str], int]
+    per_order: dict[int, int]
+
+
+class Machine:
+    """A simulated machine: its layout and, in shared memory, the memmap (one 64-byte struct page
+    per 4 KiB page), the pageblock flags, the zones' free lists and counters.
+
+    Use ``Machine.create`` as a context manager: the shared memory is unlinked on exit.  The page
+    frames themselves are not allocated; the memmap is what deferred init touches.
+    """
+
+    def __init__(self, total_pages: int, nodes: tuple[NodeLayout, ...], holes: tuple[tuple[int, int], ...]):
+        self.total_pages = total_pages
+        self.nodes = nodes
+        self.holes = holes
+        self.initialised = False
+        self._blocks: list[SharedArray] = []
+        try:
+            self._raw = self._block((total_pages, 8), np.uint64)
+            self._pageblocks = self._block(-(-total_pages // pg.PAGEBLOCK_NR_PAGES), np.uint8)
+            self._zones = self._block((len(nodes), pg.MAX_NR_ZONES), ZONE_DTYPE)
+            self._records = self._block((-(-total_pages // pg.PAGES_PER_SECTION), pg.NR_ORDERS, 3), np.int64)
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def create(
+        cls, mem: str | int, nodes: int | str = 1, *, holes: list[tuple[int, int]] | None = None
+    ) -> Machine:
+        """A machine of ``mem`` bytes (or "512M", "64G", "1T") over ``nodes`` nodes (a count, or
+        "auto" for the host's nodes), with optional ``holes``: reserved [start_pfn, end_pfn) ranges
+        that deferred init skips.  Early boot is done; the deferred struct pages are poisoned."""
+        total_pages = parse_size(mem) // pg.PAGE_SIZE
+        if nodes == "auto":
+            from .topology import read_topology
+
+            nodes = max(1, len(read_topology().nodes_with_cpus))
+        node_layout = layout(total_pages, nodes)
+        machine = cls(total_pages, node_layout, _check_holes(holes or [], total_pages))
+        try:
+            machine._early_boot()
+        except BaseException:
+            machine.close()
+            raise
+        return machine
+
+    # -- views ------------------------------------------------------------------------------
+
+    @property
+    def memmap(self) -> np.ndarray:
+        """The struct pages as a numpy structured array (pages.PAGE_DTYPE), indexed by pfn."""
+        return self._raw.array.view(pg.PAGE_DTYPE)[:, 0]
+
+    @property
+    def raw(self) -> np.ndarray:
+        """The struct pages as (pages, 8) uint64 words."""
+        return self._raw.array
+
+    @property
+    def pageblocks(self) -> np.ndarray:
+        return self._pageblocks.array
+
+    @property
+    def zones(self) -> np.ndarray:
+        """Per (node, zone): free-list heads, nr_free per order, managed pages."""
+        return self._zones.array
+
+    @property
+    def memmap_bytes(self) -> int:
+        return self.total_pages * pg.STRUCT_PAGE_SIZE
+
+    @property
+    def shared_arrays(self) -> tuple[SharedArray, ...]:
+        """The shared blocks workers touch, to attach ahead of time (Padata.attach)."""
+        return (self._raw, self._pageblocks, self._records)
+
+    def deferred_ranges(self) -> list[tuple[Zone, int, int]]:
+        """Per node, its highest zone and the pfn range deferred there (holes included)."""
+        return [(z, z.first_deferred_pfn, z.end_pfn) for z in (n.highest_zone for n in self.nodes)]
+
+    def deferred_pfns(self) -> np.ndarray:
+        """Every pfn left for deferred init: the deferred ranges less the holes."""
+        parts = [
+            np.arange(lo, hi, dtype=np.int64)
+            for _, start, end in self.deferred_ranges()
+            for lo, hi in _free_ranges(start, end, self.holes)
+        ]
+        return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+    def deferred_count(self, zone: Zone) -> int:
+        if zone is not self.nodes[zone.node].highest_zone:
+            return 0
+        return sum(hi - lo for lo, hi in _free_ranges(zone.first_deferred_pfn, zone.end_pfn, self.holes))
+
+    def holes_in_deferred(self, zone: Zone) -> list[tuple[int, int]]:
+        """The holes' parts inside the zone's deferred range: early boot initialises them reserved."""
+        lo, hi = zone.first_deferred_pfn, zone.end_pfn
+        return [(max(a, lo), min(b, hi)) for a, b in self.holes if a < hi and b > lo]
+
+    def zone_job(self, zone: Zone) -> ZoneJob:
+        holes = tuple((lo, hi) for lo, hi in self.holes if hi > zone.start_pfn and lo < zone.end_pfn)
+        return ZoneJob(self._raw, self._pageblocks, self._records, zone.node, zone.zone, zone.end_pfn, holes)
+
+    # -- early boot -------------------------------------------------------------------------
+
+    def _early_boot(self) -> None:
+        """Poison the memmap, then initialise what early boot does: every page outside the deferred
+        ranges, and the holes inside them, as reserved pages; their pageblocks MOVABLE."""
+        raw = self.raw
+        raw.view(np.uint8).fill(pg.POISON)
+        self.pageblocks.fill(pg.POISON)
+        early: list[tuple[Zone, int, int]] = []
+        for node in self.nodes:
+            for zone in node.zones:
+                early.append((zone, zone.start_pfn, zone.first_deferred_pfn))
+                early += [(zone, lo, hi) for lo, hi in self.holes_in_deferred(zone)]
+        reserved = pg.counts_word(pg.MAPCOUNT_NONE, 1)
+        for zone, lo, hi in early:
+            if lo < hi:
+                pg.init_pages(raw, lo, hi, pg.page_flags(zone.node, zone.zone) | pg.PG_RESERVED, reserved)
+                first_block = -(-lo // pg.PAGEBLOCK_NR_PAGES)
+                self.pageblocks[first_block : -(-hi // pg.PAGEBLOCK_NR_PAGES)] = pg.MIGRATE_MOVABLE
+        zones = self.zones
+        zones["nr_free"] = 0
+        zones["managed_pages"] = 0
+        for n in range(len(self.nodes)):
+            for z in range(pg.MAX_NR_ZONES):
+                heads = [pg.list_head_address(n, z, o) for o in range(pg.NR_ORDERS)]
+                zones[n, z]["free_next"] = heads
+                zones[n, z]["free_prev"] = heads
+        self._records.array.fill(0)
+
+    # -- the free lists ---------------------------------------------------------------------
+
+    def splice(self, zone: Zone) -> None:
+        """Add every section's freed blocks to the zone's free lists: link each section's chain to
+        the next, and the ends to the list head; count nr_free and managed pages."""
+        raw, entry = self.raw, self.zones[zone.node, zone.zone]
+        first = zone.first_deferred_pfn // pg.PAGES_PER_SECTION
+        last = -(-zone.end_pfn // pg.PAGES_PER_SECTION)
+        records = self._records.array[first:last]
+        for order in range(pg.NR_ORDERS):
+            used = records[records[:, order, COUNT] > 0, order]
+            if not len(used):
+                continue
+            firsts, lasts = used[:, FIRST], used[:, LAST]
+            raw[lasts[:-1], 1] = pg.lru_address(firsts[1:].astype(np.uint64))
+            raw[firsts[1:], 2] = pg.lru_address(lasts[:-1].astype(np.uint64))
+            head = pg.list_head_address(zone.node, zone.zone, order)
+            raw[firsts[0], 2] = raw[lasts[-1], 1] = head
+            # The list was empty: deferred init is the only one to free in this model.
+            entry["free_next"][order] = pg.lru_address(int(firsts[0]))
+            entry["free_prev"][order] = pg.lru_address(int(lasts[-1]))
+            count = int(used[:, COUNT].sum())
+            entry["nr_free"][order] += count
+            entry["managed_pages"] += count << order
+
+    # -- proof ------------------------------------------------------------------------------
+
+    def verify(self) -> VerifySummary:
+        """Prove deferred init left every struct page, free list and counter as the kernel does;
+        raise VerifyError naming the first bad pfn and field.  See mm_verify for the checks."""
+        from .mm_verify import verify
+
+        return verify(self)
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    def _block(self, shape: tuple[int, ...] | int, dtype: np.dtype | type) -> SharedArray:
+        block = SharedArray.create(shape, dtype)
+        self._blocks.append(block)
+        return block
+
+    def close(self) -> None:
+        """Unlink the machine's shared memory (idempotent)."""
+        while self._blocks:
+            self._blocks.pop().unlink()
+
+    def __enter__(self) -> Machine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def describe(self) -> str:
+        lines = []
+        for node in self.nodes:
+            zones = ", ".join(f"{z.name} {z.start_pfn:#x}-{z.end_pfn:#x}" for z in node.zones)
+            zone = node.highest_zone
+            deferred = self.deferred_count(zone)
+            lines.append(f"node {node.node}: {zones}; {deferred} pages deferred")
+        return "\n".join(lines)
+
+
+def _check_holes(holes: list[tuple[int, int]], total_pages: int) -> tuple[tuple[int, int], ...]:
+    checked = []
+    for hole in holes:
+        try:
+            lo, hi = (int(x) for x in hole)
+        except (TypeError, ValueError):
+            raise ValueError(f"a hole is a (start_pfn, end_pfn) pair, got {hole!r}") from None
+        if not 0 <= lo < hi <= total_pages:
+            raise ValueError(f"hole {hole!r} must satisfy 0 <= start < end <= {total_pages} (the pages)")
+        checked.append((lo, hi))
+    checked.sort()
+    for (_, a_end), (b_start, _) in itertools.pairwise(checked):
+        if b_start < a_end:
+            raise ValueError(f"holes overlap: {checked}")
+    return tuple(checked)
+
+
+def deferred_init(machine: Machine, engine: Padata | None = None, threads: int | None = None) -> DeferredInit:
+    """The kernel's deferred struct-page init: one job per node, all nodes at once.
+
+    Each job has the kernel's parameters: align = min_chunk = one section, max_threads = the CPUs
+    of the engine node that hosts the simulated node (or ``threads``), helpers on that node.  The
+    result's ``node_ms`` holds each node's time; ``elapsed_ms`` the whole, the kernel's figure.
+    Logs "node %d deferred pages initialised in %ums" per node.
+    """
+    if machine.initialised:
+        raise PadataError("deferred init has already run on this machine")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+    engine = engine or default_engine()
+    engine_nodes = engine.topology.nodes_with_cpus
+    began = time.perf_counter()
+    futures = {}
+    for zone, start, end in machine.deferred_ranges():
+        host = engine_nodes[zone.node % len(engine_nodes)]
+        size = -(-end // pg.PAGES_PER_SECTION) * pg.PAGES_PER_SECTION - start if end > start else 0
+        job = MtJob(
+            init_chunk,
+            machine.zone_job(zone),
+            start=start,
+            size=size,
+            align=pg.PAGES_PER_SECTION,
+            min_chunk=pg.PAGES_PER_SECTION,
+            max_threads=threads or len(host.cpus),
+        )
+        futures[zone] = engine.submit(job, node=host.id if len(engine_nodes) > 1 else None)
+    concurrent.futures.wait(futures.values())
+    for future in futures.values():
+        future.result()  # the first node's error, once every node has stopped
+    result = DeferredInit({}, pages=sum(machine.deferred_count(z) for z in futures))
+    for zone, future in futures.items():
+        report = future.result()
+        spliced = time.perf_counter()
+        machine.splice(zone)
+        result.reports[zone.node] = report
+        result.node_ms[zone.node] = (report.elapsed_s + time.perf_counter() - spliced) * 1e3
+        log.info("node %d deferred pages initialised in %ums", zone.node, round(result.node_ms[zone.node]))
+    machine.initialised = True
+    result.elapsed_ms = (time.perf_counter() - began) * 1e3
+    return result

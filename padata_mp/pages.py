@@ -1,0 +1,175 @@
+"""The x86-64 struct page and what the kernel's deferred init does to a range of them.
+
+The memmap is held as 8 little-endian uint64 words per page, so each pass of the numpy work is one
+strided store per field over a tile small enough to stay in cache (kernel.md section 4):
+
+    word 0 flags | 1 lru.next | 2 lru.prev | 3 mapping | 4 index | 5 private |
+    6 _mapcount (low 32 bits) and _refcount (high 32 bits) | 7 memcg_data
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PAGE_SIZE = 4096
+STRUCT_PAGE_SIZE = 64
+PAGES_PER_SECTION = 32768  # 128 MiB: deferred init's align and min_chunk
+PAGEBLOCK_NR_PAGES = 512
+MAX_ORDER = 10
+MAX_ORDER_NR_PAGES = 1 << MAX_ORDER
+NR_ORDERS = MAX_ORDER + 1
+
+ZONE_DMA, ZONE_DMA32, ZONE_NORMAL = 0, 1, 2
+ZONE_NAMES = ("DMA", "DMA32", "Normal")
+MAX_NR_ZONES = len(ZONE_NAMES)
+MIGRATE_MOVABLE = 1
+POISON = 0xFF  # CONFIG_DEBUG_VM poisons the memmap: every byte 0xff until a struct page is initialised
+
+# page->flags: node and zone ids in the top bits (SPARSEMEM_VMEMMAP: no section field), then
+# last_cpupid, page flags at the bottom.
+NODES_WIDTH, ZONES_WIDTH, LAST_CPUPID_WIDTH = 10, 3, 21
+NODES_PGSHIFT = 64 - NODES_WIDTH
+ZONES_PGSHIFT = NODES_PGSHIFT - ZONES_WIDTH
+LAST_CPUPID_PGSHIFT = ZONES_PGSHIFT - LAST_CPUPID_WIDTH
+LAST_CPUPID_MASK = (1 << LAST_CPUPID_WIDTH) - 1
+PG_RESERVED = 1 << 13
+
+# _mapcount doubles as page_type: a free block's head has PG_buddy cleared from -1.
+PG_BUDDY = 0x80
+MAPCOUNT_NONE = -1
+MAPCOUNT_BUDDY = -1 & ~PG_BUDDY  # -129
+
+# Virtual addresses: the memmap at the kernel's vmemmap base; free-list heads in struct zone.
+VMEMMAP_BASE = 0xFFFF_EA00_0000_0000
+LRU_OFFSET = 8
+ZONE_LISTS_BASE = 0xFFFF_FFFF_8200_0000
+LIST_HEAD_SIZE = 16
+
+PAGE_DTYPE = np.dtype(
+    [
+        ("flags", "<u8"),
+        ("lru_next", "<u8"),
+        ("lru_prev", "<u8"),
+        ("mapping", "<u8"),
+        ("index", "<u8"),
+        ("private", "<u8"),
+        ("mapcount", "<i4"),
+        ("refcount", "<i4"),
+        ("memcg_data", "<u8"),
+    ]
+)
+assert PAGE_DTYPE.itemsize == STRUCT_PAGE_SIZE
+
+# Pages per tile: 4096 struct pages are 256 KiB, so a tile and its template fit in a 512 KiB L2.
+TILE = 4096
+
+
+def page_flags(node: int, zone: int) -> int:
+    """page->flags as __init_single_page leaves it: zone and node ids, last_cpupid all ones."""
+    return (node << NODES_PGSHIFT) | (zone << ZONES_PGSHIFT) | (LAST_CPUPID_MASK << LAST_CPUPID_PGSHIFT)
+
+
+def counts_word(mapcount: int, refcount: int) -> int:
+    """Word 6: _mapcount in the low half, _refcount in the high half."""
+    return ((refcount & 0xFFFF_FFFF) << 32) | (mapcount & 0xFFFF_FFFF)
+
+
+def lru_address(pfn: np.ndarray | int) -> np.ndarray | int:
+    """&page->lru for ``pfn``: where list pointers to the page point."""
+    return VMEMMAP_BASE + pfn * STRUCT_PAGE_SIZE + LRU_OFFSET
+
+
+def lru_pfn(address: np.ndarray) -> np.ndarray:
+    """The pfn whose lru lives at ``address`` (inverse of lru_address)."""
+    return (address - np.uint64(VMEMMAP_BASE + LRU_OFFSET)) // np.uint64(STRUCT_PAGE_SIZE)
+
+
+def list_head_address(node: int, zone: int, order: int) -> int:
+    """&zone->free_area[order].free_list[MIGRATE_MOVABLE]."""
+    return ZONE_LISTS_BASE + ((node * MAX_NR_ZONES + zone) * NR_ORDERS + order) * LIST_HEAD_SIZE
+
+
+INIT_COUNTS = counts_word(MAPCOUNT_NONE, 1)
+FREE_COUNTS = counts_word(MAPCOUNT_NONE, 0)
+BUDDY_COUNTS = counts_word(MAPCOUNT_BUDDY, 0)
+
+_templates: dict[tuple[int, int], np.ndarray] = {}
+
+
+def init_pages(raw: np.ndarray, start: int, end: int, flags: int, counts: int = INIT_COUNTS) -> None:
+    """__init_single_page for every pfn in [start, end): zeroed, flags set, refcount 1, mapcount -1,
+    lru pointing to itself.  ``raw`` is the memmap as (pages, 8) uint64.  ``counts`` lets early boot
+    reuse it for reserved pages."""
+    for tile in range(start, end, TILE):
+        _init_tile(raw[tile : min(tile + TILE, end)], tile, flags, counts)
+
+
+def _init_tile(tile: np.ndarray, first_pfn: int, flags: int, counts: int) -> None:
+    # One contiguous copy of a template tile (struct pages of pfns 0..TILE-1), then the lru words
+    # moved to this tile's pfns: strided numpy passes cost about as much as the copy itself.
+    template = _templates.get((flags, counts))
+    if template is None:
+        template = _templates[(flags, counts)] = _template(flags, counts)
+    tile[:] = template[: len(tile)]
+    lru = tile[:, 1]
+    np.add(lru, np.uint64(first_pfn * STRUCT_PAGE_SIZE), out=lru)
+    tile[:, 2] = lru
+
+
+def _template(flags: int, counts: int) -> np.ndarray:
+    template = np.zeros((TILE, 8), np.uint64)
+    template[:, 0] = flags
+    template[:, 1] = lru_address(np.arange(TILE, dtype=np.uint64))
+    template[:, 2] = template[:, 1]
+    template[:, 6] = counts
+    return template
+
+
+def init_and_free(raw: np.ndarray, pageblocks: np.ndarray, start: int, end: int, flags: int) -> tuple:
+    """Deferred init of the free pfns [start, end): per tile, initialise every struct page, then free
+    the tile while it is in cache.  A full, MAX_ORDER-aligned piece is freed as one order-10 block;
+    the pages of a partial piece one by one at order 0.  Pageblocks become MOVABLE.
+
+    Returns the heads freed, ``(order10_pfns, order0_pfns)``, in pfn order, not yet linked.
+    """
+    full_lo = -(-start // MAX_ORDER_NR_PAGES) * MAX_ORDER_NR_PAGES
+    full_hi = end // MAX_ORDER_NR_PAGES * MAX_ORDER_NR_PAGES
+    if full_lo >= full_hi:  # no whole piece: every page is freed alone
+        full_lo = full_hi = end
+    for tile in range(full_lo, full_hi, TILE):
+        top = min(tile + TILE, full_hi)
+        _init_tile(raw[tile:top], tile, flags, INIT_COUNTS)
+        _free_blocks(raw[tile:top], pageblocks, tile, top)
+    singles = [np.arange(lo, hi, dtype=np.int64) for lo, hi in ((start, full_lo), (full_hi, end)) if lo < hi]
+    for pfns in singles:  # under a piece each, so one tile
+        _init_tile(raw[pfns[0] : pfns[-1] + 1], int(pfns[0]), flags, INIT_COUNTS)
+        _free_singles(raw[pfns[0] : pfns[-1] + 1], pageblocks, int(pfns[0]), int(pfns[-1]) + 1)
+    heads10 = np.arange(full_lo, full_hi, MAX_ORDER_NR_PAGES, dtype=np.int64)
+    order0 = np.concatenate(singles) if singles else np.empty(0, np.int64)
+    return heads10, order0
+
+
+def _free_blocks(tile: np.ndarray, pageblocks: np.ndarray, start: int, end: int) -> None:
+    """__free_pages_core of order-10 blocks: every page's refcount to 0, each head marked buddy
+    with its order in private, every pageblock MOVABLE."""
+    tile[:, 6] = FREE_COUNTS
+    tile[::MAX_ORDER_NR_PAGES, 6] = BUDDY_COUNTS
+    tile[::MAX_ORDER_NR_PAGES, 5] = MAX_ORDER
+    pageblocks[start // PAGEBLOCK_NR_PAGES : end // PAGEBLOCK_NR_PAGES] = MIGRATE_MOVABLE
+
+
+def _free_singles(tile: np.ndarray, pageblocks: np.ndarray, start: int, end: int) -> None:
+    """Pages freed one by one at order 0: each its own buddy head; MOVABLE set at each
+    pageblock-aligned pfn."""
+    tile[:, 6] = BUDDY_COUNTS
+    first_block = -(-start // PAGEBLOCK_NR_PAGES)
+    last_block = -(-end // PAGEBLOCK_NR_PAGES)
+    pageblocks[first_block:last_block] = MIGRATE_MOVABLE
+
+
+def link(raw: np.ndarray, heads: np.ndarray) -> None:
+    """Chain ``heads`` (pfns, in order) through their lru pointers; the ends are left for a splice."""
+    if len(heads) > 1:
+        addresses = lru_address(heads.astype(np.uint64))
+        raw[heads[:-1], 1] = addresses[1:]
+        raw[heads[1:], 2] = addresses[:-1]
