@@ -13,7 +13,7 @@ $(READY): pyproject.toml
 	touch $@
 
 bench: $(READY)
-	$(BIN)/python bench/engine_overhead.py
+	$(BIN)/padata-mp bench --peers
 
 test: $(READY)
 	$(BIN)/python -m pytest -q

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
 import signal
 import sys
 import time
@@ -48,6 +50,21 @@ def _nodes(text: str) -> int | str:
     return "auto" if text == "auto" else _positive_int(text)
 
 
+def _thread_list(text: str) -> list[int]:
+    return [_positive_int(part) for part in text.split(",")]
+
+
+def _output(path: str) -> str:
+    """An output path, checked writable now so a long run does not fail at its end."""
+    target = os.path.abspath(path)
+    parent = os.path.dirname(target)
+    if os.path.isdir(target) or not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {path!r}: its folder is missing or not writable")
+    if os.path.exists(target) and not os.access(target, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {path!r}: the file is not writable")
+    return path
+
+
 def _topology(args: argparse.Namespace) -> Topology:
     host = read_topology(getattr(args, "sysfs", "/sys"))
     return parse_synthetic(args.synthetic, host) if args.synthetic else host
@@ -69,6 +86,35 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--threads", type=_positive_int, help="max_threads per node (default: the node's CPUs)")
     init.add_argument("--synthetic", metavar="NxC", help="run the engine on N simulated nodes of C CPUs")
     init.add_argument("--verify", action="store_true", help="prove the result afterwards")
+
+    bench = sub.add_parser("bench", help="measure deferred init's scaling, ceiling, native and peers")
+    bench.add_argument(
+        "--mem", type=_size, default="64G", help="simulated memory (default 64G: a 1 GiB memmap)"
+    )
+    bench.add_argument("--nodes", type=_nodes, default="auto", help="simulated nodes, or auto (default)")
+    counts = bench.add_mutually_exclusive_group()
+    counts.add_argument("--threads", type=_thread_list, help="thread counts per node, like 1,2,4")
+    counts.add_argument(
+        "--node-percent",
+        action="store_true",
+        help="the kernel series: 1 thread, then 12..100%% of a node's CPUs (default)",
+    )
+    bench.add_argument("--repeat", type=_positive_int, default=5, help="runs per configuration (default 5)")
+    bench.add_argument("--json", type=_output, metavar="F", help="write everything measured as JSON")
+    bench.add_argument("--csv", type=_output, metavar="F", help="write the table's rows as CSV")
+    bench.add_argument(
+        "--plot", type=_output, metavar="F.png", help="plot speedup and GB/s (needs matplotlib)"
+    )
+    bench.add_argument(
+        "--peers", action="store_true", help="also run Pool.map, ProcessPoolExecutor, threads, joblib"
+    )
+    bench.add_argument(
+        "--native",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the C reference (default on)",
+    )
+    bench.add_argument("--synthetic", metavar="NxC", help="run the engine on N simulated nodes of C CPUs")
     return parser
 
 
@@ -101,7 +147,33 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"topology": cmd_topology, "init": cmd_init}
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError("--plot needs matplotlib: pip install 'padata_mp[plot]'") from None
+    topology = _topology(args)
+    node_cpus = min(len(n.cpus) for n in topology.nodes_with_cpus)
+    threads = args.threads
+    if threads and max(threads) > node_cpus:
+        print(f"padata-mp: note: thread counts capped at the node's {node_cpus} CPUs", file=sys.stderr)
+        threads = sorted({min(t, node_cpus) for t in threads})
+    result = bench.run(args.mem, args.nodes, topology, threads, args.repeat, args.peers, args.native)
+    print(bench.table(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(bench.to_json(result), f, indent=2)
+    if args.csv:
+        bench.write_csv(result, args.csv)
+    if args.plot:
+        bench.plot(result, args.plot)
+    return 0
+
+
+COMMANDS = {"topology": cmd_topology, "init": cmd_init, "bench": cmd_bench}
 
 
 @contextlib.contextmanager

@@ -297,6 +297,12 @@ class Machine:
         holes = tuple((lo, hi) for lo, hi in self.holes if hi > zone.start_pfn and lo < zone.end_pfn)
         return ZoneJob(self._raw, self._pageblocks, self._records, zone.node, zone.zone, zone.end_pfn, holes)
 
+    def reset(self) -> None:
+        """Back to the state right after creation (early boot done, deferred pages poisoned), keeping
+        the shared memory and every worker's mapping of it: for repeated runs on one machine."""
+        self._early_boot()
+        self.initialised = False
+
     # -- early boot -------------------------------------------------------------------------
 
     def _early_boot(self) -> None:
