@@ -42,6 +42,7 @@ ZONE_DTYPE = np.dtype(
         ("managed_pages", "<i8"),
     ]
 )
+POISON_PAGES = 1 << 22  # 256 MiB of struct pages
 # Per section, what deferred init freed there: the first and last head and the count, per order.
 FIRST, LAST, COUNT = 0, 1, 2
 
@@ -309,7 +310,8 @@ class Machine:
         """Poison the memmap, then initialise what early boot does: every page outside the deferred
         ranges, and the holes inside them, as reserved pages; their pageblocks MOVABLE."""
         raw = self.raw
-        raw.view(np.uint8).fill(pg.POISON)
+        for start in range(0, self.total_pages, POISON_PAGES):  # in pieces: Ctrl-C is seen between
+            raw[start : start + POISON_PAGES].view(np.uint8).fill(pg.POISON)
         self.pageblocks.fill(pg.POISON)
         early: list[tuple[Zone, int, int]] = []
         for node in self.nodes:

@@ -37,7 +37,7 @@ from .topology import Topology, pin_process, pin_thread, read_topology
 
 CALLER = -1  # worker id of the job's caller in reports
 START_TIMEOUT_S = 60.0
-DRAIN_TIMEOUT_S = 1.5  # how long helpers get to finish their chunk after Ctrl-C or close()
+DRAIN_TIMEOUT_S = 1.0  # how long helpers get to finish their chunk after Ctrl-C or close()
 PARENT_CHECK_S = 0.5  # an idle worker checks this often that the coordinator is alive
 
 

@@ -29,6 +29,8 @@ SHM_DIR = "/dev/shm"
 # Block names carry the creator's pid, so blocks left by a creator that was SIGKILLed can be swept.
 PREFIX = "padata_mp_"
 MADV_POPULATE_WRITE = 23  # Linux >= 5.14
+# Long system calls go in pieces of this size, so Ctrl-C is seen between them within a second.
+PIECE_BYTES = 256 << 20
 
 # name -> (block, array) for every block this process has mapped, created or attached.
 _mapped: dict[str, tuple[SharedMemory, np.ndarray]] = {}
@@ -63,18 +65,17 @@ class SharedArray:
         check_room(nbytes)
         name = f"{PREFIX}{os.getpid()}_{secrets.token_hex(6)}"
         block = SharedMemory(name, create=True, size=nbytes)
+        with _mapped_lock:
+            _mapped[name] = (block, _view(block, shape, dtype))
         try:
             _reserve(name, nbytes)
-        except BaseException:
-            block.close()
+            prefault(_mapped[name][1])  # the pages exist now: map them here too, once
+        except BaseException:  # ENOSPC, or Ctrl-C in a long reserve: leave nothing behind
+            _unmap(name)
             block.unlink()
             raise
         self = cls(name, shape, dtype)
         self._owner = True
-        view = _view(block, shape, dtype)
-        prefault(view)  # the pages exist (reserved above); map them here too, once
-        with _mapped_lock:
-            _mapped[name] = (block, view)
         return self
 
     @property
@@ -139,12 +140,13 @@ def prefault(array: np.ndarray) -> bool:
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     page = os.sysconf("SC_PAGESIZE")
     start = array.ctypes.data // page * page
-    length = array.ctypes.data + array.nbytes - start
-    if libc.madvise(start, length, MADV_POPULATE_WRITE) == 0:
-        return True
-    if ctypes.get_errno() in (errno.EINVAL, errno.ENOSYS, errno.EPERM):
-        return False
-    raise OSError(ctypes.get_errno(), f"madvise(MADV_POPULATE_WRITE) failed on {array.nbytes} bytes")
+    end = array.ctypes.data + array.nbytes
+    for piece in range(start, end, PIECE_BYTES):
+        if libc.madvise(piece, min(PIECE_BYTES, end - piece), MADV_POPULATE_WRITE) != 0:
+            if ctypes.get_errno() in (errno.EINVAL, errno.ENOSYS, errno.EPERM):
+                return False
+            raise OSError(ctypes.get_errno(), f"madvise(MADV_POPULATE_WRITE) failed on {array.nbytes} bytes")
+    return True
 
 
 def sweep_dead_owners() -> list[str]:
@@ -220,7 +222,8 @@ def _reserve(name: str, nbytes: int) -> None:
     """Allocate the block's pages now: ENOSPC here instead of SIGBUS on a later first write."""
     fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
     try:
-        os.posix_fallocate(fd, 0, nbytes)
+        for offset in range(0, nbytes, PIECE_BYTES):
+            os.posix_fallocate(fd, offset, min(PIECE_BYTES, nbytes - offset))
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise ShmSpaceError(f"{SHM_DIR} ran out of room reserving {nbytes} bytes") from exc

@@ -76,7 +76,14 @@ def test_creation_poisons_only_the_deferred_pages():
         ("8G", 1, None),
         (8 * (1 << 30) + 5 * SECTION * 4096 + 777 * 4096, 1, None),
         # Holes: inside a section, across sections, at the start of the deferred range.
-        ("9G", 2, [(4 * GIB_PAGES + SECTION + 3, 4 * GIB_PAGES + SECTION + 2000), (5 * GIB_PAGES - 7, 5 * GIB_PAGES + 70000)]),
+        (
+            "9G",
+            2,
+            [
+                (4 * GIB_PAGES + SECTION + 3, 4 * GIB_PAGES + SECTION + 2000),
+                (5 * GIB_PAGES - 7, 5 * GIB_PAGES + 70000),
+            ],
+        ),
         # A node whose highest zone is smaller than one section: nothing deferred there.
         (4 * (1 << 30) + 64 * (1 << 20), 1, None),
     ],
@@ -148,7 +155,9 @@ def inject(machine, fault):
 
 def heads(machine, order):
     pfns = machine.deferred_pfns()
-    return pfns[(machine.memmap["mapcount"][pfns] == pg.MAPCOUNT_BUDDY) & (machine.memmap["private"][pfns] == order)]
+    return pfns[
+        (machine.memmap["mapcount"][pfns] == pg.MAPCOUNT_BUDDY) & (machine.memmap["private"][pfns] == order)
+    ]
 
 
 def test_verify_catches_a_wrong_refcount(verified):

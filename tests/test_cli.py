@@ -1,0 +1,146 @@
+"""The command line: what it prints, and one line with exit status 2 for every bad value."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import shm_entries
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "padata_mp", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_topology():
+    out = cli("topology")
+    assert out.returncode == 0, out.stderr
+    assert "node 0: cpus" in out.stdout and "engine:" in out.stdout
+    out = cli("topology", "--synthetic", "2x1")
+    assert "node 1: cpus" in out.stdout and "(host node 0)" in out.stdout
+
+
+def test_init_prints_the_kernels_lines_and_verifies():
+    before = shm_entries()
+    out = cli("init", "--mem", "6G", "--nodes", "2", "--verify")
+    assert out.returncode == 0, out.stderr
+    assert "node 0 deferred pages initialised in" in out.stdout
+    assert "node 1 deferred pages initialised in" in out.stdout
+    assert "Mpages/s" in out.stdout and "GB/s" in out.stdout
+    assert "verified:" in out.stdout
+    assert shm_entries() - before == set()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["init", "--mem", "0"],
+        ["init", "--mem", "-1G"],
+        ["init", "--mem", "lots"],
+        ["init", "--mem", "100T"],  # more than /dev/shm holds
+        ["init", "--mem", "1G", "--nodes", "0"],
+        ["init", "--mem", "1G", "--nodes", "-2"],
+        ["init", "--mem", "1G", "--nodes", "9"],  # more nodes than sections
+        ["init", "--mem", "1G", "--nodes", "two"],
+        ["init", "--threads", "0"],
+        ["init", "--threads", "x"],
+        ["init", "--synthetic", "0x1"],
+        ["bench", "--repeat", "0"],
+        ["bench", "--repeat", "many"],
+        ["bench", "--threads", "1,0"],
+        ["bench", "--threads", "1,2", "--node-percent"],
+        ["bench", "--json", "/nonexistent/folder/out.json"],
+        ["bench", "--csv", "/tmp"],
+        ["topology", "--workers", "-1"],
+        ["frobnicate"],
+        [],
+    ],
+)
+def test_bad_values_exit_2_with_one_line(args):
+    before = shm_entries()
+    out = cli(*args)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "Traceback" not in out.stderr and out.stderr.startswith("padata-mp: error:")
+    assert shm_entries() - before == set()
+
+
+def test_plot_without_matplotlib_is_a_clear_error():
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        out = cli("bench", "--plot", "/tmp/padata_plot.png")
+        assert out.returncode == 2 and "matplotlib" in out.stderr
+    else:
+        pytest.skip("matplotlib is installed")
+
+
+def test_bench_writes_json_and_csv(tmp_path):
+    before = shm_entries()
+    out = cli(
+        "bench",
+        "--mem",
+        "5G",
+        "--threads",
+        "1,2,64",
+        "--repeat",
+        "2",
+        "--json",
+        str(tmp_path / "b.json"),
+        "--csv",
+        str(tmp_path / "b.csv"),
+    )
+    assert out.returncode == 0, out.stderr
+    assert "capped" in out.stderr  # 64 threads on a 2-CPU node
+    assert "node% (thr) | speedup" in out.stdout and "(0)" in out.stdout
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert data["deferred_pages"] == 2**18 - 2**15
+    assert [r["threads"] for r in data["rows"]] == [0, 1, 2]
+    for row in data["rows"]:
+        assert row["time_ms"] > 0 and row["pages_per_s"] > 0
+    assert {"cpu_model", "kernel", "thp", "python", "numpy", "start_method"} <= set(data["machine"])
+    assert data["ceiling_gbps"]
+    if data["native"]:
+        assert {n["threads"] for n in data["native"]} == {r["threads"] for r in data["rows"] if r["threads"]}
+    assert (tmp_path / "b.csv").read_text().startswith("threads,node_percent,time_ms")
+    assert shm_entries() - before == set()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("command", [["init", "--mem", "192G"], ["bench", "--mem", "64G", "--no-native"]])
+def test_interrupt_stops_within_2_seconds_and_cleans_up(sig, command):
+    before = shm_entries()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "padata_mp", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    time.sleep(4)  # past start-up, inside creation or the runs
+    assert proc.poll() is None, proc.communicate()
+    sent = time.monotonic()
+    # Ctrl-C reaches the whole foreground process group; SIGTERM only the process named.
+    os.killpg(proc.pid, sig) if sig == signal.SIGINT else proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
+    assert time.monotonic() - sent < 2.0
+    assert proc.returncode == 130
+    lines = [line for line in err.splitlines() if not line.startswith("[bench]")]
+    assert lines == ["padata-mp: interrupted, cleaned up"], err
+    # Workers, the forkserver and the resource tracker see the coordinator gone and follow it.
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline and (shm_entries() - before or session(proc.pid)):
+        time.sleep(0.05)
+    assert shm_entries() - before == set()
+    assert session(proc.pid) == []
+
+
+def session(sid: int) -> list[str]:
+    out = subprocess.run(["ps", "-o", "pid=,args=", "-s", str(sid)], capture_output=True, text=True).stdout
+    return out.strip().splitlines()
