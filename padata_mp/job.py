@@ -27,7 +27,9 @@ class MtJob:
     ``thread_fn`` must handle whatever range it is given, of any length: the kernel promises chunk
     boundaries on ``align`` (except at the job's two ends), never one call per ``min_chunk``, never an
     order, and never a minimum number of processes.  ``max_threads`` is an upper bound only.
-    ``numa_aware`` spreads helpers round-robin over the nodes that have CPUs.
+    ``numa_aware`` spreads helpers round-robin over the nodes that have CPUs.  ``retry=True`` says
+    thread_fn may be called again on a range whose first call may have been cut short (it is
+    idempotent), so a helper's death costs time, not the job.
 
     The job is checked when it is built: bad values raise ValueError or TypeError here, before any
     work starts.
@@ -41,6 +43,7 @@ class MtJob:
     min_chunk: int = 1
     max_threads: int = 1
     numa_aware: bool = False
+    retry: bool = False
 
     def __post_init__(self) -> None:
         if not callable(self.thread_fn):

@@ -186,6 +186,7 @@ class DeferredInit:
     reports: dict[int, object] = field(default_factory=dict)
     elapsed_ms: float = 0.0  # first job started to last node spliced: the "slowest node" figure
     pages: int = 0
+    retried: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # re-run after a helper died
 
 
 @dataclass
@@ -440,6 +441,7 @@ def deferred_init(machine: Machine, engine: Padata | None = None, threads: int |
             align=pg.PAGES_PER_SECTION,
             min_chunk=pg.PAGES_PER_SECTION,
             max_threads=threads or len(host.cpus),
+            retry=True,  # init_chunk rewrites whole sections and the splice comes after: safe to re-run
         )
         futures[zone] = engine.submit(job, node=host.id if len(engine_nodes) > 1 else None)
     concurrent.futures.wait(futures.values())
@@ -451,6 +453,9 @@ def deferred_init(machine: Machine, engine: Padata | None = None, threads: int |
         spliced = time.perf_counter()
         machine.splice(zone)
         result.reports[zone.node] = report
+        if report.retried:
+            result.retried[zone.node] = report.retried
+            log.warning("node %d: a helper died; re-ran pfns %s", zone.node, report.retried)
         result.node_ms[zone.node] = (report.elapsed_s + time.perf_counter() - spliced) * 1e3
         log.info("node %d deferred pages initialised in %ums", zone.node, round(result.node_ms[zone.node]))
     machine.initialised = True

@@ -39,6 +39,7 @@ CALLER = -1  # worker id of the job's caller in reports
 START_TIMEOUT_S = 60.0
 DRAIN_TIMEOUT_S = 1.0  # how long helpers get to finish their chunk after Ctrl-C or close()
 PARENT_CHECK_S = 0.5  # an idle worker checks this often that the coordinator is alive
+MAX_RETRIES = 3  # rounds of re-running what dead helpers left, for jobs with retry=True
 
 
 class _Cursor(ctypes.Structure):
@@ -55,14 +56,16 @@ class _Cursor(ctypes.Structure):
 class JobReport:
     """What a job did.  ``nworks`` is the kernel's ps.nworks: helpers handed to the job plus the
     caller (fewer than asked for is legal).  ``chunks`` lists ``(start, end, worker_id)`` in no
-    promised order, the caller's as CALLER; ``busy_s`` is the time each spent working on the job
-    (claiming chunks and running them)."""
+    promised order, the caller's as CALLER (a helper that died takes its finished chunks' record
+    with it); ``busy_s`` is the time each spent working on the job (claiming chunks and running
+    them); ``retried`` lists the ranges re-run after a helper died (jobs with ``retry=True``)."""
 
     nworks: int
     chunk_size: int
     chunks: list[tuple[int, int, int]]
     elapsed_s: float
     busy_s: dict[int, float] = field(default_factory=dict)
+    retried: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -143,7 +146,8 @@ class Padata:
 
         ``node`` restricts helpers to that node's workers.  Raises JobFailedError if thread_fn
         raised and WorkerDiedError if a helper died; either way the other processes stop claiming
-        chunks, the error lists the ranges not done, and the engine stays usable.
+        chunks, the error lists the ranges not done, and the engine stays usable.  A job with
+        ``retry=True`` has the ranges a dead helper left re-run instead (up to MAX_RETRIES times).
         """
         if not isinstance(job, MtJob):
             raise TypeError(f"job must be an MtJob, got {type(job).__name__}")
@@ -154,17 +158,65 @@ class Padata:
         began = time.perf_counter()
         if job.size == 0:
             return JobReport(0, 0, [], 0.0)
+        report, failure = self._run_range(job, payload, node, job.start, job.end, None, [])
+        for _ in range(MAX_RETRIES if job.retry else 0):
+            if not isinstance(failure, WorkerDiedError):
+                break
+            pending, failure = failure.not_done, None
+            for i, (start, end) in enumerate(pending):
+                part, failure = self._run_range(
+                    job, payload, node, start, end, report.chunk_size, pending[i + 1 :]
+                )
+                report.chunks += part.chunks
+                for wid, busy in part.busy_s.items():
+                    report.busy_s[wid] = report.busy_s.get(wid, 0.0) + busy
+                report.retried.append((start, end))
+                if failure:
+                    break
+        report.elapsed_s = _since(began)
+        if failure:
+            raise failure
+        return report
+
+    def _run_range(
+        self,
+        job: MtJob,
+        payload: bytes,
+        node: int | None,
+        start: int,
+        end: int,
+        chunk: int | None,
+        also_not_done: list[tuple[int, int]],
+    ) -> tuple[JobReport, PadataError | None]:
+        """Run [start, end) of ``job``: with helpers, chunk by chunk (``chunk`` None: the kernel's
+        size for the helpers got), else one call in the caller.  Returns what was done and the
+        failure, if any, whose ranges not done include ``also_not_done``."""
         wanted = kernel_nworks(job)
         helpers, slot = self._take_helpers(wanted - 1, node, job.numa_aware) if wanted > 1 else ([], -1)
         if not helpers:
             # One call with the whole range, in the caller: no chunking, no locking.  (With no helper
             # free the kernel still chunks; one process gains nothing from it, so this does not.)
-            busy = _call(job.thread_fn, job.start, job.end, job.fn_arg, CALLER)
-            return JobReport(1, job.size, [(job.start, job.end, CALLER)], _since(began), {CALLER: busy})
+            try:
+                busy = _call(job.thread_fn, start, end, job.fn_arg, also_not_done)
+            except JobFailedError as failure:
+                return JobReport(1, end - start, [], 0.0), failure
+            return JobReport(1, end - start, [(start, end, CALLER)], 0.0, {CALLER: busy}), None
         try:
-            return self._run_shared(job, payload, helpers, slot, began)
+            nworks = len(helpers) + 1
+            if chunk is None:
+                chunk = plan(job, nworks, load_balance_factor=self.load_balance_factor).chunk_size
+            results, unclaimed = self._share_chunks(job, payload, helpers, slot, start, end, chunk)
         finally:
             self._release(helpers, slot)
+        chunks = [
+            (s, min((s // chunk + 1) * chunk, end), wid)
+            for wid, r in results.items()
+            if r is not None
+            for s in r[0]
+        ]
+        busy = {wid: r[1] for wid, r in results.items() if r is not None}
+        failure = self._failure(helpers, results, [unclaimed, *also_not_done] if unclaimed else also_not_done)
+        return JobReport(nworks, chunk, chunks, 0.0, busy), failure
 
     def submit(self, job: MtJob, node: int | None = None) -> Future:
         """Start ``job`` on its own caller thread (bound to ``node``'s CPUs when given) and return a
@@ -238,24 +290,8 @@ class Padata:
 
     # -- running a job ----------------------------------------------------------------------
 
-    def _run_shared(
-        self, job: MtJob, payload: bytes, helpers: list[_Worker], slot: int, began: float
-    ) -> JobReport:
-        nworks = len(helpers) + 1
-        chunk = plan(job, nworks, load_balance_factor=self.load_balance_factor).chunk_size
-        results, unclaimed = self._share_chunks(job, payload, helpers, slot, chunk)
-        chunks = [
-            (s, min((s // chunk + 1) * chunk, job.end), wid)
-            for wid, r in results.items()
-            if r is not None
-            for s in r[0]
-        ]
-        busy = {wid: r[1] for wid, r in results.items() if r is not None}
-        self._raise_for_failures(helpers, results, unclaimed)
-        return JobReport(nworks, chunk, chunks, _since(began), busy)
-
     def _share_chunks(
-        self, job: MtJob, payload: bytes, helpers: list[_Worker], slot: int, chunk: int
+        self, job: MtJob, payload: bytes, helpers: list[_Worker], slot: int, start: int, end: int, chunk: int
     ) -> tuple[dict[int, Any], tuple[int, int] | None]:
         """Caller and helpers claim from the slot's cursor until it is empty or aborted.  Returns
         each one's ``(done, busy_s, failure)`` (None for a helper that died) and, after an abort,
@@ -264,7 +300,7 @@ class Padata:
         cursor = self._cursors[slot]
         with cursor.get_lock():
             c = cursor.get_obj()
-            c.start, c.size, c.chunk_size, c.abort = job.start, job.size, chunk, 0
+            c.start, c.size, c.chunk_size, c.abort = start, end - start, chunk, 0
         for w in helpers:
             w.conn.send(("job", slot, payload))
         try:
@@ -300,21 +336,20 @@ class Padata:
                     del pending[w.conn]
         return replies
 
-    def _raise_for_failures(
-        self, helpers: list[_Worker], results: dict[int, Any], unclaimed: tuple[int, int] | None
-    ) -> None:
-        not_done = [unclaimed] if unclaimed else []
+    def _failure(
+        self, helpers: list[_Worker], results: dict[int, Any], not_done: list[tuple[int, int]]
+    ) -> PadataError | None:
+        """The job's error, if a helper died or a call raised: the first death, else the first raise."""
         dead = [w for w in helpers if results.get(w.wid) is None]
         held = {w.wid: self._held_chunk(w.wid) for w in dead}
         failed = {wid: r[2] for wid, r in results.items() if r is not None and r[2] is not None}
-        not_done += [h for h in held.values() if h] + [f[0] for f in failed.values()]
+        not_done = not_done + [h for h in held.values() if h] + [f[0] for f in failed.values()]
         not_done = merge_ranges(not_done)
         if dead:
             w = dead[0]
-            w.proc.join(1.0)
             code = w.proc.exitcode
             how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-            raise WorkerDiedError(
+            return WorkerDiedError(
                 f"worker {w.wid} (pid {w.proc.pid}) died of {how} holding chunk {held[w.wid]}; "
                 f"ranges not done: {not_done}",
                 pid=w.proc.pid,
@@ -325,12 +360,15 @@ class Padata:
         if failed:
             wid, (chunk, exc, tb) = next(iter(failed.items()))
             who = "the caller" if wid == CALLER else f"worker {wid}"
-            raise JobFailedError(
+            error = JobFailedError(
                 f"thread_fn raised in {who} on chunk {chunk}; ranges not done: {not_done}\n{tb}",
                 chunk=chunk,
                 worker=wid,
                 not_done=not_done,
-            ) from exc
+            )
+            error.__cause__ = exc
+            return error
+        return None
 
     def _held_chunk(self, wid: int) -> tuple[int, int] | None:
         start, end = self._held[2 * wid], self._held[2 * wid + 1]
@@ -556,30 +594,34 @@ def _portable(failure: tuple) -> tuple:
     return chunk, exc, tb
 
 
-def _call(thread_fn: Any, start: int, end: int, arg: Any, wid: int) -> float:
+def _call(thread_fn: Any, start: int, end: int, arg: Any, also_not_done: list[tuple[int, int]]) -> float:
     """One call in the caller, with nothing shared; a raise becomes JobFailedError."""
     began = time.perf_counter()
     try:
         result = thread_fn(start, end, arg)
         if result is not None:
-            raise TypeError(f"thread_fn must return None (padata ignores results), got {result!r}")
+            raise TypeError("thread_fn must return None: padata ignores results")
     except Exception as exc:
+        not_done = merge_ranges([(start, end), *also_not_done])
         raise JobFailedError(
             f"thread_fn raised in the caller on chunk {(start, end)}; ranges not done: "
-            f"{[(start, end)]}\n{traceback.format_exc()}",
+            f"{not_done}\n{traceback.format_exc()}",
             chunk=(start, end),
-            worker=wid,
-            not_done=[(start, end)],
-        ) from exc
+            worker=CALLER,
+            not_done=not_done,
+        ) from exc.with_traceback(None)
     return time.perf_counter() - began
 
 
 def _recv_or_none(w: _Worker) -> Any:
-    """The worker's reply, or None if it died without one."""
+    """The worker's reply, or None if it died without one (then reaped, so its exit code is known)."""
     try:
-        return w.conn.recv() if w.conn.poll() else None
+        if w.conn.poll():
+            return w.conn.recv()
     except (EOFError, OSError):
-        return None
+        pass
+    w.proc.join(1.0)  # its pipe closes a moment before its exit status arrives
+    return None
 
 
 def _abort(cursor: Any) -> None:

@@ -41,3 +41,19 @@ def returns_value(start, end, arg):
 
 def record_pid(start, end, arg):
     arg.array[start:end] = os.getpid()
+
+
+def kill_once_at(start, end, arg):
+    """Like kill_self_at, but only the first time (``flag`` remembers): a re-run then succeeds."""
+    block, bad, coordinator, flag = arg
+    if start <= bad < end and os.getpid() != coordinator and flag.array[0] == 0:
+        flag.array[0] = 1
+        os.kill(os.getpid(), signal.SIGKILL)
+    block.array[start:end] += 1
+
+
+def helpers_die(start, end, coordinator):
+    """Every helper dies on every chunk it takes; the caller works slowly, leaving them chunks."""
+    if os.getpid() != coordinator:
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.005)

@@ -224,3 +224,59 @@ def test_children_are_counted_by_the_leak_fixture():
     before = children()
     with Padata(1):
         assert len(children() - before) == 1
+
+
+def test_retry_reruns_what_a_dead_helper_left(counts):
+    with Padata(2) as e, SharedArray.create(1, np.int64) as flag:
+        report = None
+        for _ in range(20):  # until a helper, not the caller, takes the poisoned chunk
+            counts.array[:] = 0
+            job = MtJob(
+                fns.kill_once_at,
+                (counts, N // 2, os.getpid(), flag),
+                0,
+                N,
+                align=1024,
+                max_threads=2,
+                retry=True,
+            )
+            report = e.do_multithreaded(job)
+            if flag.array[0]:
+                break
+        assert flag.array[0] == 1, "no helper ever claimed the chunk"
+        assert report.retried and any(s <= N // 2 < end for s, end in report.retried)
+        # Re-running made up for the dead helper: every index counted, none twice.
+        assert (counts.array == 1).all()
+
+
+def test_retry_gives_up_after_max_retries():
+    with Padata(2) as e:
+        job = MtJob(fns.helpers_die, os.getpid(), 0, 64, max_threads=2, retry=True)
+        with pytest.raises(WorkerDiedError) as info:
+            e.do_multithreaded(job)
+        assert info.value.not_done
+        assert len(e.workers) == 2  # replaced, and usable
+        e.do_multithreaded(MtJob(fns.nothing, None, 0, 64, max_threads=2))
+
+
+def test_oversubscribed_pool_is_correct(counts):
+    with Padata(8) as e:
+        for _ in range(3):
+            counts.array[:] = 0
+            report = e.do_multithreaded(MtJob(fns.count, counts, 0, N, align=64, max_threads=8))
+            assert report.nworks == 8
+            assert (counts.array == 1).all()
+
+
+def test_many_jobs_from_many_threads(engine):
+    import concurrent.futures
+
+    with SharedArray.create(N, np.int64) as block:
+
+        def one(k):
+            job = MtJob(fns.count, block, k * (N // 64), N // 64, align=16, max_threads=2)
+            return engine.do_multithreaded(job) if k % 2 else engine.submit(job).result()
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            list(pool.map(one, range(64)))
+        assert (block.array == 1).all()

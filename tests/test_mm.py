@@ -234,3 +234,28 @@ def test_bad_input(two_node_engine):
         deferred_init(m, two_node_engine)
         with pytest.raises(PadataError, match="already"):
             deferred_init(m, two_node_engine)
+
+
+def test_a_helper_killed_during_init_costs_time_not_pages():
+    import os
+    import signal
+    import threading
+
+    with Padata(2) as e, Machine.create("64G", 1) as m:
+        e.attach(*m.shared_arrays)
+        result = None
+        for _ in range(10):  # until the kill lands while the helper holds a chunk
+            m.reset()
+            killer = threading.Timer(0.03, os.kill, (e.workers[0][1], signal.SIGKILL))
+            killer.start()
+            result = deferred_init(m, e, threads=2)
+            killer.join()
+            summary = m.verify()
+            assert summary.free_pages == summary.deferred_pages
+            if result.retried:
+                break
+        assert result.retried, "the helper was never killed while it held a chunk"
+        # The replacement worker joins the next run.
+        m.reset()
+        assert deferred_init(m, e, threads=2).reports[0].nworks == 2
+        m.verify()
