@@ -1,7 +1,5 @@
 """What a production box needs: a SIGKILLed coordinator leaves nothing, soak runs stay flat."""
 
-import os
-import signal
 import subprocess
 import sys
 import textwrap
