@@ -141,6 +141,13 @@ def cmd_init(args: argparse.Namespace) -> int:
             f"{result.pages} pages in {result.elapsed_ms:.1f} ms: {rate / 1e6:.1f} Mpages/s, "
             f"{rate * 64 / 1e9:.2f} GB/s of struct pages (machine created in {created:.2f} s)"
         )
+        for node, (host, fraction) in machine.placement().items():
+            where = (
+                "not checked: move_pages unavailable"
+                if fraction is None
+                else f"{fraction:.0%} of sampled pages there"
+            )
+            print(f"node {node} struct pages on host node {host} ({where})")
         if args.verify:
             summary = machine.verify()
             print(f"verified: {summary.free_pages} pages free, {summary.deferred_pages} deferred")

@@ -25,6 +25,7 @@ from .errors import PadataError
 from .job import MtJob
 from .pool import Padata, default_engine
 from .shm import SharedArray
+from .topology import memory_nodes, read_topology
 
 log = logging.getLogger("padata_mp.mm")
 
@@ -206,14 +207,26 @@ class Machine:
     frames themselves are not allocated; the memmap is what deferred init touches.
     """
 
-    def __init__(self, total_pages: int, nodes: tuple[NodeLayout, ...], holes: tuple[tuple[int, int], ...]):
+    def __init__(
+        self,
+        total_pages: int,
+        nodes: tuple[NodeLayout, ...],
+        holes: tuple[tuple[int, int], ...],
+        host_nodes: tuple[int, ...] = (0,),
+    ):
         self.total_pages = total_pages
         self.nodes = nodes
         self.holes = holes
+        # Simulated node k's struct pages live on host node k modulo the host's nodes with memory.
+        self.host_node = {n.node: host_nodes[n.node % len(host_nodes)] for n in nodes}
         self.initialised = False
         self._blocks: list[SharedArray] = []
+        placement = [
+            (n.start_pfn * pg.STRUCT_PAGE_SIZE, n.end_pfn * pg.STRUCT_PAGE_SIZE, self.host_node[n.node])
+            for n in nodes
+        ]
         try:
-            self._raw = self._block((total_pages, 8), np.uint64)
+            self._raw = self._block((total_pages, 8), np.uint64, placement)
             self._pageblocks = self._block(-(-total_pages // pg.PAGEBLOCK_NR_PAGES), np.uint8)
             self._zones = self._block((len(nodes), pg.MAX_NR_ZONES), ZONE_DTYPE)
             self._records = self._block((-(-total_pages // pg.PAGES_PER_SECTION), pg.NR_ORDERS, 3), np.int64)
@@ -223,18 +236,25 @@ class Machine:
 
     @classmethod
     def create(
-        cls, mem: str | int, nodes: int | str = 1, *, holes: list[tuple[int, int]] | None = None
+        cls,
+        mem: str | int,
+        nodes: int | str = 1,
+        *,
+        holes: list[tuple[int, int]] | None = None,
+        host_nodes: tuple[int, ...] | None = None,
     ) -> Machine:
         """A machine of ``mem`` bytes (or "512M", "64G", "1T") over ``nodes`` nodes (a count, or
         "auto" for the host's nodes), with optional ``holes``: reserved [start_pfn, end_pfn) ranges
-        that deferred init skips.  Early boot is done; the deferred struct pages are poisoned."""
+        that deferred init skips.  Simulated node k's struct pages are placed on ``host_nodes[k %
+        len(host_nodes)]`` (default: the host's nodes with memory).  Early boot is done; the
+        deferred struct pages are poisoned."""
         total_pages = parse_size(mem) // pg.PAGE_SIZE
+        host = read_topology()
         if nodes == "auto":
-            from .topology import read_topology
-
-            nodes = max(1, len(read_topology().nodes_with_cpus))
+            nodes = max(1, len(host.nodes_with_cpus))
         node_layout = layout(total_pages, nodes)
-        machine = cls(total_pages, node_layout, _check_holes(holes or [], total_pages))
+        host_nodes = host_nodes or tuple(n.id for n in host.nodes if n.mem_bytes) or (0,)
+        machine = cls(total_pages, node_layout, _check_holes(holes or [], total_pages), host_nodes)
         try:
             machine._early_boot()
         except BaseException:
@@ -271,6 +291,21 @@ class Machine:
     def shared_arrays(self) -> tuple[SharedArray, ...]:
         """The shared blocks workers touch, to attach ahead of time (Padata.attach)."""
         return (self._raw, self._pageblocks, self._records)
+
+    def placement(self, samples: int = 16) -> dict[int, tuple[int, float | None]]:
+        """Per simulated node: the host node meant to hold its struct pages, and the fraction of
+        ``samples`` pages of them found there (move_pages), or None where that cannot be checked."""
+        base = self.raw.ctypes.data
+        checked = {}
+        for node in self.nodes:
+            pfns = np.linspace(node.start_pfn, node.end_pfn - 1, samples).astype(np.int64)
+            addresses = sorted(
+                {(base + int(p) * pg.STRUCT_PAGE_SIZE) // pg.PAGE_SIZE * pg.PAGE_SIZE for p in pfns}
+            )
+            found = memory_nodes(addresses)
+            want = self.host_node[node.node]
+            checked[node.node] = (want, None if found is None else sum(f == want for f in found) / len(found))
+        return checked
 
     def deferred_ranges(self) -> list[tuple[Zone, int, int]]:
         """Per node, its highest zone and the pfn range deferred there (holes included)."""
@@ -371,8 +406,10 @@ class Machine:
 
     # -- lifetime ---------------------------------------------------------------------------
 
-    def _block(self, shape: tuple[int, ...] | int, dtype: np.dtype | type) -> SharedArray:
-        block = SharedArray.create(shape, dtype)
+    def _block(
+        self, shape: tuple[int, ...] | int, dtype: np.dtype | type, placement: list | None = None
+    ) -> SharedArray:
+        block = SharedArray.create(shape, dtype, placement=placement)
         self._blocks.append(block)
         return block
 

@@ -24,6 +24,7 @@ import numpy as np
 import psutil
 
 from .errors import ShmSpaceError
+from .topology import bind_memory
 
 SHM_DIR = "/dev/shm"
 # Block names carry the creator's pid, so blocks left by a creator that was SIGKILLed can be swept.
@@ -54,9 +55,17 @@ class SharedArray:
         self._owner = False
 
     @classmethod
-    def create(cls, shape: int | tuple[int, ...], dtype: np.dtype | str = np.uint8) -> SharedArray:
+    def create(
+        cls,
+        shape: int | tuple[int, ...],
+        dtype: np.dtype | str = np.uint8,
+        *,
+        placement: list[tuple[int, int, int]] | None = None,
+    ) -> SharedArray:
         """A new zero-filled block with its memory reserved now.  Raises ShmSpaceError, before
-        creating anything, if /dev/shm lacks the room."""
+        creating anything, if /dev/shm lacks the room.  ``placement``: ``(start_byte, end_byte,
+        node)`` ranges whose pages should live on those NUMA nodes (mbind before the pages are
+        allocated; silently not done where mbind is not available - check with memory_nodes)."""
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         if any(not isinstance(n, int) or n < 0 for n in shape):
             raise ValueError(f"shape must be non-negative ints, got {shape}")
@@ -68,6 +77,8 @@ class SharedArray:
         with _mapped_lock:
             _mapped[name] = (block, _view(block, shape, dtype))
         try:
+            for start, end, node in placement or []:
+                _bind(_mapped[name][1], start, end, node)
             _reserve(name, nbytes)
             prefault(_mapped[name][1])  # the pages exist now: map them here too, once
         except BaseException:  # ENOSPC, or Ctrl-C in a long reserve: leave nothing behind
@@ -211,6 +222,14 @@ def _unmap(name: str) -> SharedMemory | None:
         # handle so its __del__ does not try, and fail, to close it again.
         block._mmap = None
     return block
+
+
+def _bind(view: np.ndarray, start: int, end: int, node: int) -> None:
+    page = os.sysconf("SC_PAGESIZE")
+    first = (view.ctypes.data + start) // page * page
+    last = -(-(view.ctypes.data + min(end, view.nbytes)) // page) * page
+    if last > first:
+        bind_memory(first, last - first, node)
 
 
 def _view(block: SharedMemory, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:

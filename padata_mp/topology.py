@@ -7,8 +7,11 @@ synthetic topology lays more nodes than the host has over the real CPUs, to simu
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import math
 import os
+import platform
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,3 +207,49 @@ def _format_list(values: tuple[int, ...]) -> str:
         parts.append(str(values[i]) if i == j else f"{values[i]}-{values[j]}")
         i = j + 1
     return ",".join(parts)
+
+
+# -- memory placement: mbind and move_pages (x86-64 syscall numbers) -------------------------
+
+SYS_MBIND, SYS_MOVE_PAGES = 237, 279
+MPOL_PREFERRED = 1
+_NOT_AVAILABLE = (errno.ENOSYS, errno.EPERM, errno.EINVAL, errno.EFAULT)
+
+
+def bind_memory(address: int, length: int, node: int) -> bool:
+    """Prefer ``node`` for the pages of [address, address + length) (a page-aligned range of a
+    mapping). On a shared-memory mapping the policy lands on the object, so every process's first
+    touch - or fallocate - then allocates there.  False where mbind is not available."""
+    if platform.machine() != "x86_64":
+        return False
+    mask = (ctypes.c_ulong * (node // 64 + 1))()
+    mask[node // 64] = 1 << (node % 64)
+    libc = ctypes.CDLL(None, use_errno=True)
+    result = libc.syscall(
+        SYS_MBIND,
+        ctypes.c_void_p(address),
+        ctypes.c_ulong(length),
+        MPOL_PREFERRED,
+        mask,
+        ctypes.c_ulong(64 * len(mask) + 1),
+        0,
+    )
+    if result != 0 and ctypes.get_errno() not in _NOT_AVAILABLE:
+        raise OSError(ctypes.get_errno(), f"mbind to node {node} failed")
+    return result == 0
+
+
+def memory_nodes(addresses: list[int]) -> list[int] | None:
+    """The node holding each page at ``addresses`` (move_pages with no target: a query), negative
+    for a page not present; None where move_pages is not available."""
+    if platform.machine() != "x86_64" or not addresses:
+        return None
+    count = len(addresses)
+    pages = (ctypes.c_void_p * count)(*addresses)
+    status = (ctypes.c_int * count)()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(SYS_MOVE_PAGES, 0, ctypes.c_ulong(count), pages, None, status, 0) != 0:
+        if ctypes.get_errno() in _NOT_AVAILABLE:
+            return None
+        raise OSError(ctypes.get_errno(), "move_pages failed")
+    return list(status)

@@ -259,3 +259,14 @@ def test_a_helper_killed_during_init_costs_time_not_pages():
         m.reset()
         assert deferred_init(m, e, threads=2).reports[0].nworks == 2
         m.verify()
+
+
+def test_struct_pages_are_placed_on_their_host_node():
+    with Machine.create("12G", 3, host_nodes=(0, 1)) as m:
+        assert m.host_node == {0: 0, 1: 1, 2: 0}
+        placement = m.placement()
+        # This host has one node: node 0's pages are there; host node 1 does not exist, so the
+        # preference for it could not hold.  Where move_pages is not allowed, nothing is claimed.
+        assert placement[0][0] == 0 and placement[0][1] in (None, 1.0)
+        assert placement[2][1] in (None, 1.0)
+        assert placement[1][0] == 1 and placement[1][1] in (None, 0.0)
