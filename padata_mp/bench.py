@@ -27,7 +27,7 @@ import numpy as np
 
 from . import pages as pg
 from .job import MtJob, claim_sequence, plan
-from .mm import Machine, ZoneJob, deferred_init, init_chunk
+from .mm import Machine, ZoneJob, deferred_init, init_chunk, parse_size
 from .pool import Padata
 from .shm import SharedArray
 from .topology import Topology
@@ -243,7 +243,7 @@ def run(
 ) -> Result:
     """Measure everything in one run; raise if any run fails to verify."""
     began = time.perf_counter()
-    progress(f"creating a {mem} machine over {nodes} node(s)")
+    progress(f"creating a {parse_size(mem) / 2**30:g} GiB machine over {nodes} node(s)")
     with Machine.create(mem, nodes) as machine:
         created = time.perf_counter() - began
         node_cpus = min(len(n.cpus) for n in topology.nodes_with_cpus)
