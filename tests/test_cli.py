@@ -34,6 +34,8 @@ def test_init_prints_the_kernels_lines_and_verifies():
     assert "node 1 deferred pages initialised in" in out.stdout
     assert "Mpages/s" in out.stdout and "GB/s" in out.stdout
     assert "verified:" in out.stdout
+    assert "struct pages on host node 0" in out.stdout
+    assert out.stderr == ""  # no resource-tracker warning, nothing else
     assert shm_entries() - before == set()
 
 

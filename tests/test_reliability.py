@@ -57,20 +57,12 @@ def test_a_sigkilled_coordinator_leaves_no_worker_and_no_segment(tmp_path):
 
 
 @pytest.mark.slow
-def test_soak_10000_jobs_stay_flat():
-    from bench.soak import soak_jobs
+@pytest.mark.parametrize(("soak", "count"), [("soak_jobs", 10_000), ("soak_machines", 200)])
+def test_soak_stays_flat(soak, count):
+    """10,000 jobs on one engine; 200 create/init/verify/close cycles of a small machine."""
+    from bench import soak as soaks
 
-    figures = soak_jobs(10_000)
-    assert figures["rss_growth_mib"] < 20, figures
-    assert figures["fds_growth"] == 0 and figures["threads_growth"] == 0, figures
-    assert figures["children_growth"] == 0 and figures["shm_growth"] == 0, figures
-
-
-@pytest.mark.slow
-def test_soak_200_machines_stay_flat():
-    from bench.soak import soak_machines
-
-    figures = soak_machines(200)
+    figures = getattr(soaks, soak)(count)
     assert figures["rss_growth_mib"] < 20, figures
     assert figures["fds_growth"] == 0 and figures["threads_growth"] == 0, figures
     assert figures["children_growth"] == 0 and figures["shm_growth"] == 0, figures
