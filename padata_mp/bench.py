@@ -426,17 +426,25 @@ def plot(result: Result, path: str) -> None:
     import matplotlib.pyplot as plt
 
     rows = [r for r in result.rows if r.threads]
+    threads = [r.threads for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot([r.threads for r in rows], [r.ratio for r in rows], "o-", label="padata_mp")
-    ax1.set(xlabel="threads", ylabel="speedup over (0)", title="deferred init speedup")
-    ax2.plot([r.threads for r in rows], [r.gbps for r in rows], "o-", label="padata_mp init")
-    ax2.plot(
-        list(result.ceiling_gbps),
-        [max(c.values()) for c in result.ceiling_gbps.values()],
-        "k--",
-        label="store ceiling",
+    ax1.plot(threads, [r.ratio for r in rows], "o-", label="padata_mp")
+    native = [n for n in result.native if n["threads"] in threads]
+    if native:
+        base = result.rows[0].time_ms
+        ax1.plot(
+            [n["threads"] for n in native], [base / n["time_ms"] for n in native], "s--", label="native C"
+        )
+    ax1.set(
+        xlabel="threads", ylabel="speedup over the (0) row", title="deferred init speedup", xticks=threads
     )
-    ax2.set(xlabel="threads", ylabel="GB/s", title="struct pages written")
+    ax1.set_ylim(bottom=0)
+    ax1.legend()
+    ax2.plot(threads, [r.gbps for r in rows], "o-", label="padata_mp init")
+    ceilings = [max(result.ceiling_gbps[t].values()) for t in threads]
+    ax2.plot(threads, ceilings, "k--", label="store ceiling")
+    ax2.set(xlabel="threads", ylabel="GB/s", title="struct pages written", xticks=threads)
+    ax2.set_ylim(bottom=0)
     ax2.legend()
     fig.tight_layout()
     fig.savefig(path)

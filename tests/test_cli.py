@@ -83,6 +83,13 @@ def test_plot_without_matplotlib_is_a_clear_error():
         pytest.skip("matplotlib is installed")
 
 
+def test_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = cli("bench", "--mem", "5G", "--threads", "1,2", "--repeat", "2", "--plot", str(tmp_path / "p.png"))
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_bench_writes_json_and_csv(tmp_path):
     before = shm_entries()
     out = cli(
