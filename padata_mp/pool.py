@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.forkserver
 import os
 import pickle
 import signal
@@ -115,6 +116,7 @@ class Padata:
         self._ctx = multiprocessing.get_context(method)
         if method == "forkserver":
             self._ctx.set_forkserver_preload(["numpy", "padata_mp"])
+            _start_forkserver()
         shm.sweep_dead_owners()
         self._lock = threading.Lock()
         self._closed = False
@@ -641,6 +643,20 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _start_forkserver() -> None:
+    """Start the forkserver (once per interpreter) with SIGINT ignored: a Ctrl-C during its first
+    second, while it imports numpy, would otherwise print its traceback beside ours.  Workers ignore
+    SIGINT anyway.  Only the main thread may change signal handlers; elsewhere it starts as is."""
+    if threading.current_thread() is not threading.main_thread():
+        multiprocessing.forkserver.ensure_running()
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # -- the module-level engine -----------------------------------------------------------------
