@@ -249,8 +249,10 @@ class Padata:
                 w.slot = -1
         try:
             for w in idle:
-                w.conn.send(("attach", handles))
-            return {w.wid: w.conn.recv() for w in idle}
+                with contextlib.suppress(OSError):  # dead: its replacement attaches on first use
+                    w.conn.send(("attach", handles))
+            seconds = {w.wid: _reply(w) for w in idle}
+            return {wid: s for wid, s in seconds.items() if s is not None}
         finally:
             with self._lock:
                 for w in idle:
@@ -414,10 +416,7 @@ class Padata:
                     if not self._closed:
                         self._replace(w)
                     continue
-                with contextlib.suppress(OSError, EOFError):
-                    for name in w.pending_detach:
-                        w.conn.send(("detach", name))
-                        w.conn.recv()
+                _detach(w, w.pending_detach)
                 w.pending_detach.clear()
                 w.slot = None
             self._free_slots.append(slot)
@@ -446,7 +445,8 @@ class Padata:
             for w in started:
                 if not w.conn.poll(START_TIMEOUT_S):
                     raise PadataError(f"worker {w.wid} did not start within {START_TIMEOUT_S:.0f} s")
-                w.conn.recv()
+                if _recv_or_none(w) is None:
+                    raise PadataError(f"worker {w.wid} died while starting (exit code {w.proc.exitcode})")
         except BaseException:
             for w in started:
                 w.proc.kill()
@@ -480,9 +480,7 @@ class Padata:
                 if w.slot is not None:
                     w.pending_detach.append(name)
                     continue
-                with contextlib.suppress(OSError, EOFError):  # a dead worker holds nothing
-                    w.conn.send(("detach", name))
-                    w.conn.recv()
+                _detach(w, [name])
 
     def _check_node(self, node: int) -> None:
         if not isinstance(node, int) or node not in {n.id for n in self.topology.nodes_with_cpus}:
@@ -613,6 +611,20 @@ def _call(thread_fn: Any, start: int, end: int, arg: Any, also_not_done: list[tu
             not_done=not_done,
         ) from exc.with_traceback(None)
     return time.perf_counter() - began
+
+
+def _detach(w: _Worker, names: list[str]) -> None:
+    """Have an idle worker unmap blocks; a dead worker holds nothing."""
+    with contextlib.suppress(OSError, EOFError):
+        for name in names:
+            w.conn.send(("detach", name))
+            w.conn.recv()
+
+
+def _reply(w: _Worker) -> Any:
+    """Wait for the worker's reply; None if it dies first."""
+    multiprocessing.connection.wait([w.conn, w.proc.sentinel])
+    return _recv_or_none(w)
 
 
 def _recv_or_none(w: _Worker) -> Any:

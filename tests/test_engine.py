@@ -280,3 +280,14 @@ def test_many_jobs_from_many_threads(engine):
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             list(pool.map(one, range(64)))
         assert (block.array == 1).all()
+
+
+def test_attach_skips_a_dead_worker_and_reports_the_rest(counts):
+    with Padata(2) as e:
+        victim = e.workers[0][1]
+        os.kill(victim, signal.SIGKILL)
+        psutil.Process(victim).wait(5)
+        seconds = e.attach(counts)
+        assert list(seconds) == [1] and seconds[1] >= 0
+        e.do_multithreaded(MtJob(fns.count, counts, 0, N, align=1024, max_threads=3))
+        assert (counts.array == 1).all()
