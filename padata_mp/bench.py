@@ -100,8 +100,8 @@ def store_chunk(start: int, end: int, arg: tuple[SharedArray, str]) -> None:
         tile.fill(STORE_VALUE * 0x0101010101010101)
 
 
-def ceiling(engine: Padata, machine: Machine, threads: int) -> dict[str, float]:
-    """Store bandwidth of ``threads`` processes over the memmap (already pre-faulted everywhere):
+def ceiling(engine: Padata, machine: Machine, processes: int) -> dict[str, float]:
+    """Store bandwidth of ``processes`` processes over the memmap (already pre-faulted everywhere):
     numpy fill and memset, best of CEILING_REPEAT each; GB/s."""
     block = machine.shared_arrays[0]
     out = {}
@@ -113,7 +113,7 @@ def ceiling(engine: Padata, machine: Machine, threads: int) -> dict[str, float]:
             machine.total_pages,
             align=pg.TILE,
             min_chunk=pg.TILE,
-            max_threads=threads,
+            max_threads=processes,
         )
         best = min(engine.do_multithreaded(job).elapsed_s for _ in range(CEILING_REPEAT))
         out[how] = machine.memmap_bytes / best / 1e9
@@ -264,6 +264,8 @@ def run(
             (n.end_pfn - n.start_pfn) * pg.PAGE_SIZE for n in machine.nodes
         ]
         workers = max(t for t, _ in counts) * len(topology.nodes_with_cpus)
+        # The ceiling runs as many processes as deferred init does: threads on each busy node.
+        busy_nodes = min(len(machine.nodes), len(topology.nodes_with_cpus))
         with Padata(workers, topology=topology) as engine:
             result.machine["start_method"] = engine.start_method
             attach = engine.attach(*machine.shared_arrays)
@@ -274,8 +276,8 @@ def run(
             try:
                 runs = {("(0)", 0): lambda: plain_init(machine)}
                 for count, _ in counts:
-                    progress(f"ceiling, {count} thread(s)")
-                    result.ceiling_gbps[count] = ceiling(engine, machine, count)
+                    progress(f"ceiling, {count} thread(s) per node")
+                    result.ceiling_gbps[count] = ceiling(engine, machine, count * busy_nodes)
                     runs[("padata_mp", count)] = lambda c=count: deferred_init(machine, engine, c).elapsed_ms
                     if binary:
                         runs[(NATIVE, count)] = lambda c=count: native_init(binary, machine, c)

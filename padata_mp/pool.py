@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import functools
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.forkserver
@@ -151,6 +152,9 @@ class Padata:
         chunks, the error lists the ranges not done, and the engine stays usable.  A job with
         ``retry=True`` has the ranges a dead helper left re-run instead (up to MAX_RETRIES times).
         """
+        return self._do(job, node, caller_in_worker=False)
+
+    def _do(self, job: MtJob, node: int | None, caller_in_worker: bool) -> JobReport:
         if not isinstance(job, MtJob):
             raise TypeError(f"job must be an MtJob, got {type(job).__name__}")
         if node is not None:
@@ -160,15 +164,14 @@ class Padata:
         began = time.perf_counter()
         if job.size == 0:
             return JobReport(0, 0, [], 0.0)
-        report, failure = self._run_range(job, payload, node, job.start, job.end, None, [])
+        run = functools.partial(self._run_range, job, payload, node, caller_in_worker)
+        report, failure = run(job.start, job.end, None, [])
         for _ in range(MAX_RETRIES if job.retry else 0):
             if not isinstance(failure, WorkerDiedError):
                 break
             pending, failure = failure.not_done, None
             for i, (start, end) in enumerate(pending):
-                part, failure = self._run_range(
-                    job, payload, node, start, end, report.chunk_size, pending[i + 1 :]
-                )
+                part, failure = run(start, end, report.chunk_size, pending[i + 1 :])
                 report.chunks += part.chunks
                 for wid, busy in part.busy_s.items():
                     report.busy_s[wid] = report.busy_s.get(wid, 0.0) + busy
@@ -185,16 +188,20 @@ class Padata:
         job: MtJob,
         payload: bytes,
         node: int | None,
+        caller_in_worker: bool,
         start: int,
         end: int,
         chunk: int | None,
         also_not_done: list[tuple[int, int]],
     ) -> tuple[JobReport, PadataError | None]:
         """Run [start, end) of ``job``: with helpers, chunk by chunk (``chunk`` None: the kernel's
-        size for the helpers got), else one call in the caller.  Returns what was done and the
-        failure, if any, whose ranges not done include ``also_not_done``."""
-        wanted = kernel_nworks(job)
-        helpers, slot = self._take_helpers(wanted - 1, node, job.numa_aware) if wanted > 1 else ([], -1)
+        size for the processes got), else one call in the calling thread.  ``caller_in_worker``:
+        a worker plays the caller, and the calling thread only waits.  Returns what was done and
+        the failure, if any, whose ranges not done include ``also_not_done``."""
+        wanted = kernel_nworks(job) - 1 + caller_in_worker
+        helpers, slot = (
+            self._take_helpers(wanted, node, job.numa_aware, caller_in_worker) if wanted else ([], -1)
+        )
         if not helpers:
             # One call with the whole range, in the caller: no chunking, no locking.  (With no helper
             # free the kernel still chunks; one process gains nothing from it, so this does not.)
@@ -203,15 +210,20 @@ class Padata:
             except JobFailedError as failure:
                 return JobReport(1, end - start, [], 0.0), failure
             return JobReport(1, end - start, [(start, end, CALLER)], 0.0, {CALLER: busy}), None
+        nworks = len(helpers) + (not caller_in_worker)
+        if chunk is None:
+            chunk = plan(job, nworks, load_balance_factor=self.load_balance_factor).chunk_size
+        # A lone worker as the caller makes one call with the whole range, like a caller: a chunk
+        # size of ``end`` makes its one claim [start, end).
+        claim_size = end if nworks == 1 else chunk
         try:
-            nworks = len(helpers) + 1
-            if chunk is None:
-                chunk = plan(job, nworks, load_balance_factor=self.load_balance_factor).chunk_size
-            results, unclaimed = self._share_chunks(job, payload, helpers, slot, start, end, chunk)
+            results, unclaimed = self._share_chunks(
+                job, payload, helpers, slot, start, end, claim_size, not caller_in_worker
+            )
         finally:
             self._release(helpers, slot)
         chunks = [
-            (s, min((s // chunk + 1) * chunk, end), wid)
+            (s, min((s // claim_size + 1) * claim_size, end), wid)
             for wid, r in results.items()
             if r is not None
             for s in r[0]
@@ -221,8 +233,11 @@ class Padata:
         return JobReport(nworks, chunk, chunks, 0.0, busy), failure
 
     def submit(self, job: MtJob, node: int | None = None) -> Future:
-        """Start ``job`` on its own caller thread (bound to ``node``'s CPUs when given) and return a
-        Future of its JobReport, so several jobs, one per node as deferred init does, run at once."""
+        """Start ``job`` and return a Future of its JobReport, so several jobs, one per node as
+        deferred init does, run at once.  The job's caller is one of its node's workers, as the
+        kernel's pgdatinit is a thread bound to its node: jobs on different nodes then share no
+        interpreter lock.  With no worker free, a thread of this process (bound to the node's CPUs)
+        is the caller."""
         if node is not None:
             self._check_node(node)
         future: Future = Future()
@@ -231,7 +246,7 @@ class Padata:
             if node is not None:
                 pin_thread(self.topology.node(node).cpus)
             try:
-                future.set_result(self.do_multithreaded(job, node))
+                future.set_result(self._do(job, node, caller_in_worker=True))
             except BaseException as exc:
                 future.set_exception(exc)
 
@@ -295,29 +310,41 @@ class Padata:
     # -- running a job ----------------------------------------------------------------------
 
     def _share_chunks(
-        self, job: MtJob, payload: bytes, helpers: list[_Worker], slot: int, start: int, end: int, chunk: int
+        self,
+        job: MtJob,
+        payload: bytes,
+        helpers: list[_Worker],
+        slot: int,
+        start: int,
+        end: int,
+        chunk: int,
+        caller_works: bool,
     ) -> tuple[dict[int, Any], tuple[int, int] | None]:
-        """Caller and helpers claim from the slot's cursor until it is empty or aborted.  Returns
-        each one's ``(done, busy_s, failure)`` (None for a helper that died) and, after an abort,
-        the range nobody claimed.  The cursor stays in this frame: errors are raised by callers, so
-        no traceback keeps its lock (a named semaphore) alive after the engine closes."""
+        """Helpers, and the calling thread if ``caller_works``, claim from the slot's cursor until
+        it is empty or aborted.  Returns each one's ``(done, busy_s, failure)`` (None for a helper
+        that died) and, after an abort, the range nobody claimed.  The cursor stays in this frame:
+        errors are raised by callers, so no traceback keeps its lock (a named semaphore) alive
+        after the engine closes."""
         cursor = self._cursors[slot]
         with cursor.get_lock():
             c = cursor.get_obj()
             c.start, c.size, c.chunk_size, c.abort = start, end - start, chunk, 0
         for w in helpers:
             w.conn.send(("job", slot, payload))
+        mine = None
         try:
-            mine = _claim_chunks(cursor, self._held, len(self._workers) + slot, job.thread_fn, job.fn_arg)
+            if caller_works:
+                mine = _claim_chunks(cursor, self._held, len(self._workers) + slot, job.thread_fn, job.fn_arg)
             replies = self._collect(helpers)
         except BaseException:
             # Ctrl-C while waiting: stop the helpers, give them a moment, then let it propagate.
             _abort(cursor)
             self._collect(helpers, timeout=DRAIN_TIMEOUT_S)
             raise
-        if mine[2] is not None and not isinstance(mine[2][1], Exception):
+        if mine is not None and mine[2] is not None and not isinstance(mine[2][1], Exception):
             raise mine[2][1]  # Ctrl-C inside the caller's own thread_fn; the helpers have stopped
-        return {CALLER: mine, **replies}, ((c.start, c.start + c.size) if c.abort else None)
+        results = {CALLER: mine, **replies} if caller_works else replies
+        return results, ((c.start, c.start + c.size) if c.abort else None)
 
     def _collect(self, helpers: list[_Worker], timeout: float | None = None) -> dict[int, Any]:
         """Each helper's reply ``(done, busy_s, failure)``, or None for a helper that died."""
@@ -380,12 +407,14 @@ class Padata:
 
     # -- helpers and their lifetime ---------------------------------------------------------
 
-    def _take_helpers(self, count: int, node: int | None, numa_aware: bool) -> tuple[list[_Worker], int]:
+    def _take_helpers(
+        self, count: int, node: int | None, numa_aware: bool, caller_in_worker: bool
+    ) -> tuple[list[_Worker], int]:
         with self._lock:
             self._check_open()
-            if self._cap_to_cpus:
+            if self._cap_to_cpus:  # with the caller, no more processes than CPUs
                 cpus = len(self.topology.node(node).cpus) if node is not None else self.topology.cpu_limit
-                count = min(count, cpus - 1)
+                count = min(count, cpus - (not caller_in_worker))
             idle = [w for w in self._workers if w.slot is None and (node is None or w.node == node)]
             idle = [self._replace(w) if not w.proc.is_alive() else w for w in idle]
             picked = self._round_robin(idle, count) if numa_aware and node is None else idle[:count]
