@@ -291,3 +291,15 @@ def test_attach_skips_a_dead_worker_and_reports_the_rest(counts):
         assert list(seconds) == [1] and seconds[1] >= 0
         e.do_multithreaded(MtJob(fns.count, counts, 0, N, align=1024, max_threads=3))
         assert (counts.array == 1).all()
+
+
+def test_submit_makes_a_worker_the_caller_or_falls_back_to_a_thread(counts):
+    with Padata(1) as e:
+        # Each job wants one process and takes 0.2 s: one gets the only worker as its caller, the
+        # other, finding none free, runs in its own thread of this process.
+        jobs = [MtJob(fns.count_slowly, (counts, 0.2), k * 1000, 1000, min_chunk=1000) for k in range(2)]
+        reports = [f.result(timeout=30) for f in [e.submit(j) for j in jobs]]
+        runners = sorted({wid for r in reports for _, _, wid in r.chunks})
+        assert runners == [CALLER, 0]
+        assert all(r.nworks == 1 and len(r.chunks) == 1 for r in reports)
+        assert (counts.array[:2000] == 1).all()
