@@ -132,6 +132,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     # The machine first: its checks (nodes, room in /dev/shm) come before any process starts.
     with Machine.create(args.mem, args.nodes) as machine, Padata(topology=topology) as engine:
         created = time.perf_counter() - began
+        print(machine.describe())
         engine.attach(*machine.shared_arrays)
         result = deferred_init(machine, engine, args.threads)
         for node, ms in sorted(result.node_ms.items()):

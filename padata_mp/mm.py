@@ -425,6 +425,7 @@ class Machine:
         self.close()
 
     def describe(self) -> str:
+        """One line per node: its zones' pfn ranges and how many pages are deferred."""
         lines = []
         for node in self.nodes:
             zones = ", ".join(f"{z.name} {z.start_pfn:#x}-{z.end_pfn:#x}" for z in node.zones)

@@ -97,10 +97,6 @@ class SharedArray:
             entry = _attach(self.name, self.shape, self.dtype)
         return entry[1]
 
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
-
     def unlink(self) -> None:
         """Unmap and remove the block (creator only; idempotent).  Workers are told to let go."""
         if not self._owner:

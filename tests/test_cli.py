@@ -30,6 +30,7 @@ def test_init_prints_the_kernels_lines_and_verifies():
     before = shm_entries()
     out = cli("init", "--mem", "6G", "--nodes", "2", "--verify")
     assert out.returncode == 0, out.stderr
+    assert "node 0: DMA 0x0-0x1000, DMA32 0x1000-0xc0000;" in out.stdout  # 3 GiB a node
     assert "node 0 deferred pages initialised in" in out.stdout
     assert "node 1 deferred pages initialised in" in out.stdout
     assert "Mpages/s" in out.stdout and "GB/s" in out.stdout
