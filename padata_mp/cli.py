@@ -58,7 +58,9 @@ def _output(path: str) -> str:
     """An output path, checked writable now so a long run does not fail at its end."""
     target = os.path.abspath(path)
     parent = os.path.dirname(target)
-    if os.path.isdir(target) or not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+    if os.path.isdir(target):
+        raise argparse.ArgumentTypeError(f"cannot write {path!r}: it is a folder; name a file")
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
         raise argparse.ArgumentTypeError(f"cannot write {path!r}: its folder is missing or not writable")
     if os.path.exists(target) and not os.access(target, os.W_OK):
         raise argparse.ArgumentTypeError(f"cannot write {path!r}: the file is not writable")
