@@ -181,18 +181,16 @@ def peers(machine: Machine, threads: int) -> dict[str, tuple[Callable[[list], ob
         "ProcessPoolExecutor": (lambda tasks: list(ppe.map(peer_chunk, tasks)), ppe.shutdown),
         "ThreadPoolExecutor": (lambda tasks: list(tpe.map(peer_chunk, tasks)), tpe.shutdown),
     }
-    try:
-        import joblib
-
-        parallel = joblib.Parallel(n_jobs=threads, backend="loky")
-        made["joblib"] = (lambda tasks: parallel(joblib.delayed(peer_chunk)(t) for t in tasks), lambda: None)
-    except ImportError:
-        pass
-    for mapper, _ in made.values():  # warm up: workers started and attached before any timing
-        mapper([])
-    # Pool.map and ProcessPoolExecutor start workers lazily: make each attach now.
+    # Warm up: every worker started and attached (pre-faulted) before any timing.
     pool.map(attach_in_worker, [arrays] * threads, chunksize=1)
     list(ppe.map(attach_in_worker, [arrays] * threads))
+    try:
+        import joblib
+    except ImportError:
+        return made
+    parallel = joblib.Parallel(n_jobs=threads, backend="loky")
+    parallel(joblib.delayed(attach_in_worker)(arrays) for _ in range(4 * threads))
+    made["joblib"] = (lambda tasks: parallel(joblib.delayed(peer_chunk)(t) for t in tasks), lambda: None)
     return made
 
 

@@ -9,6 +9,7 @@ exception there instead of a SIGBUS at some later first write (cpython #114390).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import errno
@@ -201,6 +202,14 @@ def _untracked() -> Iterator[None]:
         yield
     finally:
         resource_tracker.register = register
+
+
+@atexit.register
+def _unmap_all() -> None:
+    """At exit, unmap in order (views first): left to interpreter teardown, a block can be
+    finalised before its view and complain.  Blocks still owned are not unlinked here."""
+    for name in list(_mapped):
+        _unmap(name)
 
 
 def _unmap(name: str) -> SharedMemory | None:
