@@ -220,6 +220,10 @@ class Padata:
             results, unclaimed = self._share_chunks(
                 job, payload, helpers, slot, start, end, claim_size, not caller_in_worker
             )
+            # Before the release: a replacement takes a dead helper's id, and its held record.
+            failure = self._failure(
+                helpers, results, [unclaimed, *also_not_done] if unclaimed else also_not_done
+            )
         finally:
             self._release(helpers, slot)
         chunks = [
@@ -229,7 +233,6 @@ class Padata:
             for s in r[0]
         ]
         busy = {wid: r[1] for wid, r in results.items() if r is not None}
-        failure = self._failure(helpers, results, [unclaimed, *also_not_done] if unclaimed else also_not_done)
         return JobReport(nworks, chunk, chunks, 0.0, busy), failure
 
     def submit(self, job: MtJob, node: int | None = None) -> Future:
@@ -370,7 +373,8 @@ class Padata:
     def _failure(
         self, helpers: list[_Worker], results: dict[int, Any], not_done: list[tuple[int, int]]
     ) -> PadataError | None:
-        """The job's error, if a helper died or a call raised: the first death, else the first raise."""
+        """The job's error: the first death, else the first raise, else (ranges left undone with
+        nobody failing) the engine's closing.  None if everything was done."""
         dead = [w for w in helpers if results.get(w.wid) is None]
         held = {w.wid: self._held_chunk(w.wid) for w in dead}
         failed = {wid: r[2] for wid, r in results.items() if r is not None and r[2] is not None}
@@ -399,6 +403,10 @@ class Padata:
             )
             error.__cause__ = exc
             return error
+        if not_done:  # stopped with nobody failing: the engine is closing
+            return PadataError(
+                f"the job was stopped before it finished (engine closed); ranges not done: {not_done}"
+            )
         return None
 
     def _held_chunk(self, wid: int) -> tuple[int, int] | None:
@@ -416,7 +424,7 @@ class Padata:
                 cpus = len(self.topology.node(node).cpus) if node is not None else self.topology.cpu_limit
                 count = min(count, cpus - (not caller_in_worker))
             idle = [w for w in self._workers if w.slot is None and (node is None or w.node == node)]
-            idle = [self._replace(w) if not w.proc.is_alive() else w for w in idle]
+            idle = [w if _idle_alive(w) else self._replace(w) for w in idle]
             picked = self._round_robin(idle, count) if numa_aware and node is None else idle[:count]
             if not picked:
                 return [], -1
@@ -442,6 +450,7 @@ class Padata:
         with self._lock:
             for w in helpers:
                 if not w.proc.is_alive():
+                    w.slot = None  # so the watcher, seeing the death late, aborts no later job
                     if not self._closed:
                         self._replace(w)
                     continue
@@ -640,6 +649,12 @@ def _call(thread_fn: Any, start: int, end: int, arg: Any, also_not_done: list[tu
             not_done=not_done,
         ) from exc.with_traceback(None)
     return time.perf_counter() - began
+
+
+def _idle_alive(w: _Worker) -> bool:
+    """An idle worker sends nothing: a readable pipe means it died (its end closed at exit), even
+    before its exit status reaches us."""
+    return w.proc.is_alive() and not w.conn.poll()
 
 
 def _detach(w: _Worker, names: list[str]) -> None:
