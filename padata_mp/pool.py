@@ -221,9 +221,7 @@ class Padata:
                 job, payload, helpers, slot, start, end, claim_size, not caller_in_worker
             )
             # Before the release: a replacement takes a dead helper's id, and its held record.
-            failure = self._failure(
-                helpers, results, [unclaimed, *also_not_done] if unclaimed else also_not_done
-            )
+            failure = self._failure(helpers, results, unclaimed, also_not_done)
         finally:
             self._release(helpers, slot)
         chunks = [
@@ -371,15 +369,20 @@ class Padata:
         return replies
 
     def _failure(
-        self, helpers: list[_Worker], results: dict[int, Any], not_done: list[tuple[int, int]]
+        self,
+        helpers: list[_Worker],
+        results: dict[int, Any],
+        unclaimed: tuple[int, int] | None,
+        also_not_done: list[tuple[int, int]],
     ) -> PadataError | None:
         """The job's error: the first death, else the first raise, else (ranges left undone with
         nobody failing) the engine's closing.  None if everything was done."""
         dead = [w for w in helpers if results.get(w.wid) is None]
         held = {w.wid: self._held_chunk(w.wid) for w in dead}
         failed = {wid: r[2] for wid, r in results.items() if r is not None and r[2] is not None}
-        not_done = not_done + [h for h in held.values() if h] + [f[0] for f in failed.values()]
-        not_done = merge_ranges(not_done)
+        lost = merge_ranges([unclaimed] if unclaimed else [])
+        lost += [h for h in held.values() if h] + [f[0] for f in failed.values()]
+        not_done = merge_ranges(lost + also_not_done)
         if dead:
             w = dead[0]
             code = w.proc.exitcode
@@ -403,7 +406,7 @@ class Padata:
             )
             error.__cause__ = exc
             return error
-        if not_done:  # stopped with nobody failing: the engine is closing
+        if lost:  # stopped with nobody failing: the engine is closing
             return PadataError(
                 f"the job was stopped before it finished (engine closed); ranges not done: {not_done}"
             )

@@ -303,3 +303,16 @@ def test_submit_makes_a_worker_the_caller_or_falls_back_to_a_thread(counts):
         assert runners == [CALLER, 0]
         assert all(r.nworks == 1 and len(r.chunks) == 1 for r in reports)
         assert (counts.array[:2000] == 1).all()
+
+
+def test_close_during_a_job_is_an_error_not_a_silent_loss(counts):
+    import threading
+
+    e = Padata(2)
+    # 8 chunks of 0.3 s on 2 processes: about 1.2 s of work, closed after 0.2 s.
+    job = MtJob(fns.count_slowly, (counts, 0.3), 0, N, align=1024, max_threads=2)
+    future = e.submit(job)
+    threading.Timer(0.2, e.close).start()
+    with pytest.raises(PadataError, match="not done"):
+        future.result(timeout=30)
+    assert not (counts.array == 1).all()  # stopped early, and said so
