@@ -136,7 +136,7 @@ def test_a_killed_worker_is_reported_and_replaced(no_leaks, counts):
         job = MtJob(fns.kill_self_at, (counts, N // 2, os.getpid()), 0, N, align=1024, max_threads=2)
         # The caller may claim the poisoned chunk itself; retry until a helper takes it.
         err = None
-        for _ in range(20):
+        for _ in range(5):
             counts.array[:] = 0
             pids = {pid for _, pid, _ in e.workers}
             try:
@@ -229,7 +229,7 @@ def test_children_are_counted_by_the_leak_fixture():
 def test_retry_reruns_what_a_dead_helper_left(counts):
     with Padata(2) as e, SharedArray.create(1, np.int64) as flag:
         report = None
-        for _ in range(20):  # until a helper, not the caller, takes the poisoned chunk
+        for _ in range(5):  # until a helper, not the caller, takes the poisoned chunk
             counts.array[:] = 0
             job = MtJob(
                 fns.kill_once_at,

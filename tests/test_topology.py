@@ -107,7 +107,7 @@ def test_node_jobs_use_only_that_nodes_workers(counts):
         node_of = {wid: node for wid, _, node in e.workers}
         for node in (0, 1):
             report = e.do_multithreaded(
-                MtJob(fns.count_slowly, (counts, 0.002), 0, 1 << 16, max_threads=4), node=node
+                MtJob(fns.count_slowly, (counts, 0.01), 0, 1 << 16, max_threads=4), node=node
             )
             helpers = {wid for _, _, wid in report.chunks} - {-1}
             assert helpers and all(node_of[w] == node for w in helpers)
@@ -120,7 +120,7 @@ def test_numa_aware_helpers_go_round_robin_across_jobs(counts):
         seen = []
         for _ in range(2):
             # max_threads 2: one helper per job; the round-robin moves on to the next node each time
-            job = MtJob(fns.count_slowly, (counts, 0.002), 0, 1 << 16, max_threads=2, numa_aware=True)
+            job = MtJob(fns.count_slowly, (counts, 0.01), 0, 1 << 16, max_threads=2, numa_aware=True)
             report = e.do_multithreaded(job)
             seen.append({node_of[w] for _, _, w in report.chunks if w != -1})
         assert seen == [{0}, {1}]
