@@ -23,7 +23,7 @@ import numpy as np
 from . import pages as pg
 from .errors import PadataError
 from .job import MtJob
-from .pool import Padata, default_engine
+from .pool import JobReport, Padata, default_engine
 from .shm import SharedArray
 from .topology import memory_nodes, read_topology
 
@@ -151,14 +151,14 @@ def init_chunk(start: int, end: int, job: ZoneJob) -> None:
     flags = pg.page_flags(job.node, job.zone)
     for section in range(start, min(end, job.end_pfn), pg.PAGES_PER_SECTION):
         top = min(section + pg.PAGES_PER_SECTION, job.end_pfn)
-        heads: tuple[list, list] = ([], [])
+        heads: dict[int, list[np.ndarray]] = {0: [], pg.MAX_ORDER: []}  # order -> pfns freed
         for lo, hi in _free_ranges(section, top, job.holes):
             order10, order0 = pg.init_and_free(raw, pageblocks, lo, hi, flags)
+            heads[pg.MAX_ORDER].append(order10)
             heads[0].append(order0)
-            heads[1].append(order10)
         record = records[section // pg.PAGES_PER_SECTION]
         record[:] = 0
-        for order, parts in ((0, heads[0]), (pg.MAX_ORDER, heads[1])):
+        for order, parts in heads.items():
             pfns = np.concatenate(parts) if parts else np.empty(0, np.int64)
             if len(pfns):
                 pg.link(raw, pfns)
@@ -184,7 +184,7 @@ class DeferredInit:
     """What deferred_init did: per node, milliseconds (its job plus its splice) and the job's report."""
 
     node_ms: dict[int, float]
-    reports: dict[int, object] = field(default_factory=dict)
+    reports: dict[int, JobReport] = field(default_factory=dict)
     elapsed_ms: float = 0.0  # first job started to last node spliced: the "slowest node" figure
     pages: int = 0
     retried: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # re-run after a helper died
