@@ -24,7 +24,7 @@ from . import pages as pg
 from .errors import PadataError
 from .job import MtJob
 from .pool import JobReport, Padata, default_engine
-from .shm import SharedArray
+from .shm import SharedArray, deferred_interrupts
 from .topology import memory_nodes, read_topology
 
 log = logging.getLogger("padata_mp.mm")
@@ -414,9 +414,10 @@ class Machine:
         return block
 
     def close(self) -> None:
-        """Unlink the machine's shared memory (idempotent)."""
-        while self._blocks:
-            self._blocks.pop().unlink()
+        """Unlink the machine's shared memory (idempotent; Ctrl-C waits until it is done)."""
+        with deferred_interrupts():
+            while self._blocks:
+                self._blocks.pop().unlink()
 
     def __enter__(self) -> Machine:
         return self

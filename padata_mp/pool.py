@@ -274,8 +274,13 @@ class Padata:
                 for w in idle:
                     w.slot = None
 
-    def close(self) -> None:
-        """Stop every worker (each finishes its chunk first, or is killed after a moment)."""
+    def close(self, timeout: float = DRAIN_TIMEOUT_S) -> None:
+        """Stop every worker: each finishes its chunk first, or is killed after ``timeout`` seconds.
+        Ctrl-C waits until this is done."""
+        with shm.deferred_interrupts():
+            self._close(timeout)
+
+    def _close(self, timeout: float) -> None:
         with self._lock:
             if self._closed:
                 return
@@ -288,7 +293,7 @@ class Padata:
         for w in self._workers:
             with contextlib.suppress(OSError):
                 w.conn.send(("exit",))
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        deadline = time.monotonic() + timeout
         for w in self._workers:
             w.proc.join(max(0.0, deadline - time.monotonic()))
             if w.proc.is_alive():
@@ -305,8 +310,10 @@ class Padata:
     def __enter__(self) -> Padata:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        # Left by Ctrl-C (or SystemExit): the work is moot, so busy workers are killed at once.
+        interrupted = exc_type is not None and not issubclass(exc_type, Exception)
+        self.close(0.0 if interrupted else DRAIN_TIMEOUT_S)
 
     # -- running a job ----------------------------------------------------------------------
 
