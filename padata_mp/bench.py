@@ -84,9 +84,7 @@ def plain_init(machine: Machine) -> float:
     for zone, start, end in machine.deferred_ranges():
         if end > start:
             init_chunk(start, end, machine.zone_job(zone))
-    for zone, _, _ in machine.deferred_ranges():
-        machine.splice(zone)
-    machine.initialised = True
+    machine.splice_all()
     return (time.perf_counter() - began) * 1e3
 
 
@@ -121,23 +119,10 @@ def ceiling(engine: Padata, machine: Machine, processes: int) -> dict[str, float
 
 
 def node_jobs(machine: Machine, threads: int) -> list[MtJob]:
-    """Deferred init's job per node, as deferred_init builds it, for the peers and the native run."""
-    jobs = []
-    for zone, start, end in machine.deferred_ranges():
-        if end > start:
-            size = -(-end // pg.PAGES_PER_SECTION) * pg.PAGES_PER_SECTION - start
-            jobs.append(
-                MtJob(
-                    init_chunk,
-                    machine.zone_job(zone),
-                    start,
-                    size,
-                    pg.PAGES_PER_SECTION,
-                    pg.PAGES_PER_SECTION,
-                    threads,
-                )
-            )
-    return jobs
+    """Deferred init's job per node with work, as deferred_init builds it, for the peers and the
+    native run."""
+    jobs = [machine.init_job(zone, threads) for zone, _, _ in machine.deferred_ranges()]
+    return [job for job in jobs if job.size]
 
 
 def peer_chunk(task: tuple[int, int, ZoneJob]) -> None:
@@ -160,9 +145,7 @@ def peer_init(machine: Machine, threads: int, mapper: Callable) -> float:
     ]
     began = time.perf_counter()
     mapper(tasks)
-    for zone, _, _ in machine.deferred_ranges():
-        machine.splice(zone)
-    machine.initialised = True
+    machine.splice_all()
     return (time.perf_counter() - began) * 1e3
 
 
@@ -221,9 +204,7 @@ def native_init(binary: Path, machine: Machine, threads: int) -> float:
     ).stdout
     ns = int(out.split("total")[1])
     began = time.perf_counter()
-    for zone, _, _ in machine.deferred_ranges():
-        machine.splice(zone)
-    machine.initialised = True
+    machine.splice_all()
     return ns / 1e6 + (time.perf_counter() - began) * 1e3
 
 

@@ -325,6 +325,23 @@ class Machine:
             return 0
         return sum(hi - lo for lo, hi in _free_ranges(zone.first_deferred_pfn, zone.end_pfn, self.holes))
 
+    def init_job(self, zone: Zone, max_threads: int) -> MtJob:
+        """The kernel's deferred-init job for a node's highest zone: from the first deferred pfn to
+        the zone's end rounded up to a section, align = min_chunk = one section.  ``retry=True``:
+        init_chunk rewrites whole sections and the splice comes after, so a re-run is safe."""
+        start, end = zone.first_deferred_pfn, zone.end_pfn
+        size = -(-end // pg.PAGES_PER_SECTION) * pg.PAGES_PER_SECTION - start if end > start else 0
+        return MtJob(
+            init_chunk,
+            self.zone_job(zone),
+            start=start,
+            size=size,
+            align=pg.PAGES_PER_SECTION,
+            min_chunk=pg.PAGES_PER_SECTION,
+            max_threads=max_threads,
+            retry=True,
+        )
+
     def holes_in_deferred(self, zone: Zone) -> list[tuple[int, int]]:
         """The holes' parts inside the zone's deferred range: early boot initialises them reserved."""
         lo, hi = zone.first_deferred_pfn, zone.end_pfn
@@ -394,6 +411,13 @@ class Machine:
             count = int(used[:, COUNT].sum())
             entry["nr_free"][order] += count
             entry["managed_pages"] += count << order
+
+    def splice_all(self) -> None:
+        """Splice every node's freed sections and mark deferred init done: for runs that freed the
+        pages some other way than deferred_init (the benchmark's plain loop, peers, native code)."""
+        for zone, _, _ in self.deferred_ranges():
+            self.splice(zone)
+        self.initialised = True
 
     # -- proof ------------------------------------------------------------------------------
 
@@ -469,19 +493,9 @@ def deferred_init(machine: Machine, engine: Padata | None = None, threads: int |
     engine_nodes = engine.topology.nodes_with_cpus
     began = time.perf_counter()
     futures = {}
-    for zone, start, end in machine.deferred_ranges():
+    for zone, _, _ in machine.deferred_ranges():
         host = engine_nodes[zone.node % len(engine_nodes)]
-        size = -(-end // pg.PAGES_PER_SECTION) * pg.PAGES_PER_SECTION - start if end > start else 0
-        job = MtJob(
-            init_chunk,
-            machine.zone_job(zone),
-            start=start,
-            size=size,
-            align=pg.PAGES_PER_SECTION,
-            min_chunk=pg.PAGES_PER_SECTION,
-            max_threads=threads or len(host.cpus),
-            retry=True,  # init_chunk rewrites whole sections and the splice comes after: safe to re-run
-        )
+        job = machine.init_job(zone, threads or len(host.cpus))
         futures[zone] = engine.submit(job, node=host.id if len(engine_nodes) > 1 else None)
     concurrent.futures.wait(futures.values())
     for future in futures.values():
