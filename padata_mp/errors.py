@@ -10,21 +10,37 @@ class PadataError(Exception):
 
 
 class JobFailedError(PadataError):
-    """thread_fn raised.  ``__cause__`` is the original exception (rebuilt from the worker when it
-    could be pickled), the message carries the remote traceback, and ``not_done`` lists the ranges
-    whose calls did not complete (the failing chunk included)."""
+    """thread_fn failed: it raised, or returned a non-zero error code (the 2022 RFC's error return).
 
-    def __init__(self, message: str, *, chunk: tuple[int, int], worker: int, not_done: Ranges):
+    ``error`` is the code returned, None when it raised; then ``__cause__`` is the original
+    exception (rebuilt from the worker when it could be pickled) and the message carries the remote
+    traceback.  ``not_done`` lists the ranges whose calls did not complete (the failing chunk
+    included).  For a job with an ``undo_fn``, ``undone`` lists the ranges it was called on: every
+    range that had completed, so the job's effects are gone."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        chunk: tuple[int, int],
+        worker: int,
+        not_done: Ranges,
+        error: int | None = None,
+    ):
         super().__init__(message)
         self.chunk = chunk
         self.worker = worker
         self.not_done = not_done
+        self.error = error
+        self.undone: Ranges = []
 
 
 class WorkerDiedError(PadataError):
     """A helper process died during the job.  ``exitcode`` is its exit status (negative: the signal
     that killed it), ``chunk`` the range it held when it died (None if it held none) and
-    ``not_done`` every range left undone."""
+    ``not_done`` every range left undone.  For a job with an ``undo_fn``, ``undone`` lists the
+    completed ranges it was called on; the dead helper's ``chunk`` is not among them: what it did
+    there before dying is unknown."""
 
     def __init__(
         self,
@@ -40,6 +56,7 @@ class WorkerDiedError(PadataError):
         self.exitcode = exitcode
         self.chunk = chunk
         self.not_done = not_done
+        self.undone: Ranges = []
 
 
 class ShmSpaceError(PadataError):
@@ -55,3 +72,15 @@ def merge_ranges(ranges: Ranges) -> Ranges:
         else:
             merged.append((start, end))
     return merged
+
+
+def subtract_ranges(whole: tuple[int, int], ranges: Ranges) -> Ranges:
+    """``whole`` less ``ranges``: sorted, non-empty."""
+    left, at = [], whole[0]
+    for start, end in merge_ranges(ranges):
+        if start > at:
+            left.append((at, min(start, whole[1])))
+        at = max(at, end)
+    if at < whole[1]:
+        left.append((at, whole[1]))
+    return [(s, e) for s, e in left if e > s]

@@ -17,7 +17,9 @@ LOAD_BALANCE_FACTOR = 4
 # The cursor lives in a C int64 shared between processes.
 MAX_INDEX = 2**63 - 1
 
-ThreadFn = Callable[[int, int, Any], None]
+# Returns None (or 0) on success, or a non-zero error code: the 2022 RFC's error return.
+ThreadFn = Callable[[int, int, Any], "int | None"]
+UndoFn = Callable[[int, int, Any], None]
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,11 @@ class MtJob:
     ``numa_aware`` spreads helpers round-robin over the nodes that have CPUs.  ``retry=True`` says
     thread_fn may be called again on a range whose first call may have been cut short (it is
     idempotent), so a helper's death costs time, not the job.
+
+    thread_fn fails by raising or by returning a non-zero int (an error code, as the unmerged 2022
+    RFC's ``int (*thread_fn)``); a failing call must leave its own range as it found it.  With an
+    ``undo_fn`` (the RFC's), a failure stops the job and ``undo_fn(start, end, fn_arg)`` is called,
+    in parallel, on every range that had completed; the error then reports the first failure.
 
     The job is checked when it is built: bad values raise ValueError or TypeError here, before any
     work starts.
@@ -44,10 +51,13 @@ class MtJob:
     max_threads: int = 1
     numa_aware: bool = False
     retry: bool = False
+    undo_fn: UndoFn | None = None
 
     def __post_init__(self) -> None:
         if not callable(self.thread_fn):
             raise TypeError(f"thread_fn must be callable, got {type(self.thread_fn).__name__}")
+        if self.undo_fn is not None and not callable(self.undo_fn):
+            raise TypeError(f"undo_fn must be callable or None, got {type(self.undo_fn).__name__}")
         for name in ("start", "size", "align", "min_chunk", "max_threads"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
@@ -140,12 +150,30 @@ def claim_sequence(job: MtJob, chunk_size: int) -> list[tuple[int, int]]:
     return chunks
 
 
+def undo_job(job: MtJob, start: int, end: int) -> MtJob:
+    """The job that undoes [start, end) of ``job``: undo_fn as its thread_fn, cut the same way."""
+    assert job.undo_fn is not None
+    return MtJob(
+        job.undo_fn,
+        job.fn_arg,
+        start,
+        end - start,
+        align=job.align,
+        min_chunk=job.min_chunk,
+        max_threads=job.max_threads,
+        numa_aware=job.numa_aware,
+    )
+
+
 def pickled_call(job: MtJob) -> bytes:
-    """``(thread_fn, fn_arg)`` as the bytes sent to every helper; TypeError if they cannot go."""
+    """``(thread_fn, fn_arg)`` as the bytes sent to every helper; TypeError if they cannot go
+    (undo_fn too, checked now so a job cannot fail to undo for want of pickling)."""
     try:
+        if job.undo_fn is not None:
+            pickle.dumps(job.undo_fn, protocol=pickle.HIGHEST_PROTOCOL)
         return pickle.dumps((job.thread_fn, job.fn_arg), protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         raise TypeError(
-            "thread_fn and fn_arg must be picklable so worker processes can receive them "
+            "thread_fn, undo_fn and fn_arg must be picklable so worker processes can receive them "
             f"(use a module-level function, not a lambda or closure): {exc}"
         ) from exc

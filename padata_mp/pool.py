@@ -27,13 +27,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import shm
-from .errors import JobFailedError, PadataError, WorkerDiedError, merge_ranges
+from .errors import JobFailedError, PadataError, WorkerDiedError, merge_ranges, subtract_ranges
 from .job import (
     LOAD_BALANCE_FACTOR,
     MtJob,
     kernel_nworks,
     pickled_call,
     plan,
+    undo_job,
 )
 from .topology import Topology, pin_process, pin_thread, read_topology
 
@@ -51,6 +52,7 @@ class _Cursor(ctypes.Structure):
         ("size", ctypes.c_int64),
         ("chunk_size", ctypes.c_int64),
         ("abort", ctypes.c_int64),
+        ("first_failed", ctypes.c_int64),  # 1 + the claimant index whose chunk failed first; 0: none
     ]
 
 
@@ -148,9 +150,11 @@ class Padata:
         """Run ``job`` to completion; the calling thread works as the job's caller.
 
         ``node`` restricts helpers to that node's workers.  Raises JobFailedError if thread_fn
-        raised and WorkerDiedError if a helper died; either way the other processes stop claiming
-        chunks, the error lists the ranges not done, and the engine stays usable.  A job with
-        ``retry=True`` has the ranges a dead helper left re-run instead (up to MAX_RETRIES times).
+        raised or returned an error code, and WorkerDiedError if a helper died; either way the other
+        processes stop claiming chunks, the error lists the ranges not done, and the engine stays
+        usable.  A job with ``retry=True`` has the ranges a dead helper left re-run instead (up to
+        MAX_RETRIES times); a job with an ``undo_fn`` has every completed range undone before the
+        error is raised.
         """
         return self._do(job, node, caller_in_worker=False)
 
@@ -178,10 +182,29 @@ class Padata:
                 report.retried.append((start, end))
                 if failure:
                     break
+        if isinstance(failure, (JobFailedError, WorkerDiedError)) and job.undo_fn is not None:
+            self._undo(job, node, caller_in_worker, failure)
         report.elapsed_s = _since(began)
         if failure:
             raise failure
         return report
+
+    def _undo(
+        self, job: MtJob, node: int | None, caller_in_worker: bool, failure: JobFailedError | WorkerDiedError
+    ) -> None:
+        """The RFC's undo: undo_fn over every range that completed, as jobs cut like the original.
+        Everything claimed and not in ``not_done`` completed: helpers that did not fail finish the
+        chunk they hold before they stop."""
+        done = subtract_ranges((job.start, job.end), failure.not_done)
+        for start, end in done:
+            undo = undo_job(job, start, end)
+            payload = pickled_call(undo)
+            _, undo_failure = self._run_range(undo, payload, node, caller_in_worker, start, end, None, [])
+            if undo_failure:
+                raise PadataError(
+                    f"undo_fn failed on [{start}, {end}) while undoing after: {failure}"
+                ) from undo_failure
+        failure.undone = done
 
     def _run_range(
         self,
@@ -217,11 +240,11 @@ class Padata:
         # size of ``end`` makes its one claim [start, end).
         claim_size = end if nworks == 1 else chunk
         try:
-            results, unclaimed = self._share_chunks(
+            results, unclaimed, first = self._share_chunks(
                 job, payload, helpers, slot, start, end, claim_size, not caller_in_worker
             )
             # Before the release: a replacement takes a dead helper's id, and its held record.
-            failure = self._failure(helpers, results, unclaimed, also_not_done)
+            failure = self._failure(helpers, results, unclaimed, first, also_not_done)
         finally:
             self._release(helpers, slot)
         # Workers send chunk starts only; each end is job.next_chunk()'s, inlined (100,000 chunks).
@@ -328,16 +351,17 @@ class Padata:
         end: int,
         chunk: int,
         caller_works: bool,
-    ) -> tuple[dict[int, Any], tuple[int, int] | None]:
+    ) -> tuple[dict[int, Any], tuple[int, int] | None, int | None]:
         """Helpers, and the calling thread if ``caller_works``, claim from the slot's cursor until
         it is empty or aborted.  Returns each one's ``(done, busy_s, failure)`` (None for a helper
-        that died) and, after an abort, the range nobody claimed.  The cursor stays in this frame:
+        that died), after an abort the range nobody claimed, and the worker id whose chunk failed
+        first (None if none did).  The cursor stays in this frame:
         errors are raised by callers, so no traceback keeps its lock (a named semaphore) alive
         after the engine closes."""
         cursor = self._cursors[slot]
         with cursor.get_lock():
             c = cursor.get_obj()
-            c.start, c.size, c.chunk_size, c.abort = start, end - start, chunk, 0
+            c.start, c.size, c.chunk_size, c.abort, c.first_failed = start, end - start, chunk, 0, 0
         for w in helpers:
             w.conn.send(("job", slot, payload))
         mine = None
@@ -353,7 +377,10 @@ class Padata:
         if mine is not None and mine[2] is not None and not isinstance(mine[2][1], Exception):
             raise mine[2][1]  # Ctrl-C inside the caller's own thread_fn; the helpers have stopped
         results = {CALLER: mine, **replies} if caller_works else replies
-        return results, ((c.start, c.start + c.size) if c.abort else None)
+        first = None if c.first_failed == 0 else c.first_failed - 1
+        if first is not None and first >= len(self._workers):
+            first = CALLER
+        return results, ((c.start, c.start + c.size) if c.abort else None), first
 
     def _collect(self, helpers: list[_Worker], timeout: float | None = None) -> dict[int, Any]:
         """Each helper's reply ``(done, busy_s, failure)``, or None for a helper that died."""
@@ -381,10 +408,12 @@ class Padata:
         helpers: list[_Worker],
         results: dict[int, Any],
         unclaimed: tuple[int, int] | None,
+        first: int | None,
         also_not_done: list[tuple[int, int]],
     ) -> PadataError | None:
-        """The job's error: the first death, else the first raise, else (ranges left undone with
-        nobody failing) the engine's closing.  None if everything was done."""
+        """The job's error: the first death, else the first failed chunk (the worker id ``first``),
+        else (ranges left undone with nobody failing) the engine's closing.  None if everything was
+        done."""
         dead = [w for w in helpers if results.get(w.wid) is None]
         held = {w.wid: self._held_chunk(w.wid) for w in dead}
         failed = {wid: r[2] for wid, r in results.items() if r is not None and r[2] is not None}
@@ -404,16 +433,8 @@ class Padata:
                 not_done=not_done,
             )
         if failed:
-            wid, (chunk, exc, tb) = next(iter(failed.items()))
-            who = "the caller" if wid == CALLER else f"worker {wid}"
-            error = JobFailedError(
-                f"thread_fn raised in {who} on chunk {chunk}; ranges not done: {not_done}\n{tb}",
-                chunk=chunk,
-                worker=wid,
-                not_done=not_done,
-            )
-            error.__cause__ = exc
-            return error
+            wid = first if first in failed else next(iter(failed))
+            return _job_failed(wid, *failed[wid], not_done)
         if lost:  # stopped with nobody failing: the engine is closing
             return PadataError(
                 f"the job was stopped before it finished (engine closed); ranges not done: {not_done}"
@@ -573,12 +594,13 @@ def _claim_chunks(cursor: Any, held: Any, index: int, thread_fn: Any, arg: Any) 
             # Recorded under the lock, so a helper never dies between claiming and holding.
             held[slot_start], held[slot_end] = start, end
             release()
-            if thread_fn(start, end, arg) is not None:
-                raise TypeError("thread_fn must return None: padata ignores results")
+            result = thread_fn(start, end, arg)
+            if result is not None and result != 0:
+                raise _error_return(result)
             held[slot_end] = start
             starts.append(start)
     except BaseException as exc:
-        _abort(cursor)
+        _abort(cursor, index)
         text = traceback.format_exc()
         # Keep the text, not the frames: they reach back to this one, which holds the cursor, whose
         # lock (a named semaphore) must not outlive the engine.  Helpers' exceptions come back the
@@ -627,7 +649,7 @@ def _run_job(wid: int, cursor: Any, held: Any, payload: bytes) -> tuple:
     try:
         thread_fn, arg = pickle.loads(payload)
     except BaseException as exc:
-        _abort(cursor)
+        _abort(cursor, wid)
         return array("q"), 0.0, _portable(((0, 0), exc, traceback.format_exc()))
     done, busy, failure = _claim_chunks(cursor, held, wid, thread_fn, arg)
     return done, busy, _portable(failure) if failure else None
@@ -643,22 +665,57 @@ def _portable(failure: tuple) -> tuple:
     return chunk, exc, tb
 
 
+class _ErrorReturn(Exception):
+    """thread_fn returned a non-zero error code: carried like an exception, reported as a code."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
+
+
+def _error_return(result: object) -> Exception:
+    if isinstance(result, int) and not isinstance(result, bool):
+        return _ErrorReturn(result)
+    return TypeError(
+        "thread_fn must return None or an int error code (padata ignores results), got "
+        f"{type(result).__name__}"
+    )
+
+
+def _job_failed(
+    wid: int, chunk: tuple[int, int], exc: BaseException, tb: str, not_done: list[tuple[int, int]]
+) -> JobFailedError:
+    who = "the caller" if wid == CALLER else f"worker {wid}"
+    if isinstance(exc, _ErrorReturn):
+        return JobFailedError(
+            f"thread_fn returned error {exc.code} in {who} on chunk {chunk}; ranges not done: {not_done}",
+            chunk=chunk,
+            worker=wid,
+            not_done=not_done,
+            error=exc.code,
+        )
+    error = JobFailedError(
+        f"thread_fn raised in {who} on chunk {chunk}; ranges not done: {not_done}\n{tb}",
+        chunk=chunk,
+        worker=wid,
+        not_done=not_done,
+    )
+    error.__cause__ = exc
+    return error
+
+
 def _call(thread_fn: Any, start: int, end: int, arg: Any, also_not_done: list[tuple[int, int]]) -> float:
-    """One call in the caller, with nothing shared; a raise becomes JobFailedError."""
+    """One call in the caller, with nothing shared; a failure becomes JobFailedError."""
     began = time.perf_counter()
     try:
         result = thread_fn(start, end, arg)
-        if result is not None:
-            raise TypeError("thread_fn must return None: padata ignores results")
+        if result is not None and result != 0:
+            raise _error_return(result)
     except Exception as exc:
         not_done = merge_ranges([(start, end), *also_not_done])
-        raise JobFailedError(
-            f"thread_fn raised in the caller on chunk {(start, end)}; ranges not done: "
-            f"{not_done}\n{traceback.format_exc()}",
-            chunk=(start, end),
-            worker=CALLER,
-            not_done=not_done,
-        ) from exc.with_traceback(None)
+        text = traceback.format_exc()
+        failure = _job_failed(CALLER, (start, end), exc.with_traceback(None), text, not_done)
+        raise failure from failure.__cause__
     return time.perf_counter() - began
 
 
@@ -693,9 +750,13 @@ def _recv_or_none(w: _Worker) -> Any:
     return None
 
 
-def _abort(cursor: Any) -> None:
+def _abort(cursor: Any, index: int | None = None) -> None:
+    """Stop the job's claims; ``index``: the claimant whose chunk failed, kept if it is the first."""
     with cursor.get_lock():
-        cursor.get_obj().abort = 1
+        c = cursor.get_obj()
+        c.abort = 1
+        if index is not None and c.first_failed == 0:
+            c.first_failed = index + 1
 
 
 def _since(began: float) -> float:

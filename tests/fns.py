@@ -39,7 +39,38 @@ def kill_self_at(start, end, arg):
 
 
 def returns_value(start, end, arg):
-    return end - start
+    return [start, end]
+
+
+def fail_with_code_at(start, end, arg):
+    """The RFC's error return: -14 (-EFAULT) for the chunk holding ``bad``, leaving it untouched."""
+    block, bad = arg
+    if start <= bad < end:
+        return -14
+    block.array[start:end] += 1
+    return 0
+
+
+def uncount(start, end, arg):
+    """undo_fn of count-like thread_fns: subtract what they added."""
+    block = arg[0] if isinstance(arg, tuple) else arg
+    block.array[start:end] -= 1
+
+
+def undo_raises(start, end, arg):
+    raise OSError("cannot undo")
+
+
+def fail_late_or_early(start, end, arg):
+    """Chunk 0 fails with -1 after ``delay`` seconds, chunk 1 with -2 at once; others count."""
+    block, chunk, delay = arg
+    if start // chunk == 0:
+        time.sleep(delay)
+        return -1
+    if start // chunk == 1:
+        return -2
+    block.array[start:end] += 1
+    return None
 
 
 def record_pid(start, end, arg):
