@@ -16,12 +16,14 @@ import itertools
 import logging
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from . import pages as pg
-from .errors import PadataError
+from .errors import PadataError, merge_ranges
 from .job import MtJob
 from .pool import JobReport, Padata, default_engine
 from .shm import SharedArray, deferred_interrupts
@@ -165,7 +167,7 @@ def init_chunk(start: int, end: int, job: ZoneJob) -> None:
                 record[order] = (pfns[0], pfns[-1], len(pfns))
 
 
-def _free_ranges(start: int, end: int, holes: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
+def _free_ranges(start: int, end: int, holes: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     """[start, end) less the holes (sorted, disjoint)."""
     ranges, at = [], start
     for lo, hi in holes:
@@ -177,17 +179,6 @@ def _free_ranges(start: int, end: int, holes: tuple[tuple[int, int], ...]) -> li
     if at < end:
         ranges.append((at, end))
     return ranges
-
-
-@dataclass
-class DeferredInit:
-    """What deferred_init did: per node, milliseconds (its job plus its splice) and the job's report."""
-
-    node_ms: dict[int, float]
-    reports: dict[int, JobReport] = field(default_factory=dict)
-    elapsed_ms: float = 0.0  # first job started to last node spliced: the "slowest node" figure
-    pages: int = 0
-    retried: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # re-run after a helper died
 
 
 @dataclass
@@ -220,6 +211,9 @@ class Machine:
         # Simulated node k's struct pages live on host node k modulo the host's nodes with memory.
         self.host_node = {n.node: host_nodes[n.node % len(host_nodes)] for n in nodes}
         self.initialised = False
+        # Pfn ranges later jobs took off the free lists (huge pages, mappings): verify() proves
+        # everything else deferred is free.
+        self.allocated: list[tuple[int, int]] = []
         self._blocks: list[SharedArray] = []
         placement = [
             (n.start_pfn * pg.STRUCT_PAGE_SIZE, n.end_pfn * pg.STRUCT_PAGE_SIZE, self.host_node[n.node])
@@ -356,6 +350,7 @@ class Machine:
         the shared memory and every worker's mapping of it: for repeated runs on one machine."""
         self._early_boot()
         self.initialised = False
+        self.allocated = []
 
     # -- early boot -------------------------------------------------------------------------
 
@@ -390,27 +385,95 @@ class Machine:
     # -- the free lists ---------------------------------------------------------------------
 
     def splice(self, zone: Zone) -> None:
-        """Add every section's freed blocks to the zone's free lists: link each section's chain to
-        the next, and the ends to the list head; count nr_free and managed pages."""
-        raw, entry = self.raw, self.zones[zone.node, zone.zone]
+        """Add every section's freed blocks to the zone's free lists; count nr_free and managed
+        pages."""
         first = zone.first_deferred_pfn // pg.PAGES_PER_SECTION
         last = -(-zone.end_pfn // pg.PAGES_PER_SECTION)
-        records = self._records.array[first:last]
+        pages = self.splice_records(zone, self._records.array[first:last])
+        self.zones[zone.node, zone.zone]["managed_pages"] += pages
+
+    def splice_records(self, zone: Zone, records: np.ndarray) -> int:
+        """Append the chains of freed heads that ``records`` hold (per record and order: FIRST,
+        LAST, COUNT, as thread functions leave them) to the zone's free lists, in record order, and
+        count nr_free.  Returns the pages added."""
+        pages = 0
         for order in range(pg.NR_ORDERS):
             used = records[records[:, order, COUNT] > 0, order]
-            if not len(used):
-                continue
-            firsts, lasts = used[:, FIRST], used[:, LAST]
-            raw[lasts[:-1], 1] = pg.lru_address(firsts[1:].astype(np.uint64))
-            raw[firsts[1:], 2] = pg.lru_address(lasts[:-1].astype(np.uint64))
-            head = pg.list_head_address(zone.node, zone.zone, order)
-            raw[firsts[0], 2] = raw[lasts[-1], 1] = head
-            # The list was empty: deferred init is the only one to free in this model.
-            entry["free_next"][order] = pg.lru_address(int(firsts[0]))
-            entry["free_prev"][order] = pg.lru_address(int(lasts[-1]))
-            count = int(used[:, COUNT].sum())
-            entry["nr_free"][order] += count
-            entry["managed_pages"] += count << order
+            if len(used):
+                self._append(zone, order, used[:, FIRST], used[:, LAST], int(used[:, COUNT].sum()))
+                pages += int(used[:, COUNT].sum()) << order
+        return pages
+
+    def _append(self, zone: Zone, order: int, firsts: np.ndarray, lasts: np.ndarray, count: int) -> None:
+        """Join the chains [firsts[i] .. lasts[i]] one after the other at the list's tail."""
+        raw, entry = self.raw, self.zones[zone.node, zone.zone]
+        raw[lasts[:-1], 1] = pg.lru_address(firsts[1:].astype(np.uint64))
+        raw[firsts[1:], 2] = pg.lru_address(lasts[:-1].astype(np.uint64))
+        tail = int(entry["free_prev"][order])
+        raw[firsts[0], 2] = tail
+        self._set_next(zone, order, tail, pg.lru_address(int(firsts[0])))
+        raw[lasts[-1], 1] = pg.list_head_address(zone.node, zone.zone, order)
+        entry["free_prev"][order] = pg.lru_address(int(lasts[-1]))
+        entry["nr_free"][order] += count
+
+    def _set_next(self, zone: Zone, order: int, address: int, value: int) -> None:
+        """Set ``next`` of the list node at ``address``: the list head, or a block's lru."""
+        if address == pg.list_head_address(zone.node, zone.zone, order):
+            self.zones[zone.node, zone.zone]["free_next"][order] = value
+        else:
+            self.raw[int(pg.lru_pfn(np.uint64(address))), 1] = value
+
+    def _set_prev(self, zone: Zone, order: int, address: int, value: int) -> None:
+        if address == pg.list_head_address(zone.node, zone.zone, order):
+            self.zones[zone.node, zone.zone]["free_prev"][order] = value
+        else:
+            self.raw[int(pg.lru_pfn(np.uint64(address))), 2] = value
+
+    def free_heads(self, zone: Zone, order: int) -> np.ndarray:
+        """Pfns of the zone's free blocks of ``order``, found by their heads' struct pages.  Only
+        pfns aligned to the order can be heads, so order 10 reads one struct page in 1024 (order 0
+        reads them all)."""
+        step = 1 << order
+        lo = -(-zone.first_deferred_pfn // step) * step
+        words = self.raw[lo : zone.end_pfn : step]
+        is_head = (words[:, 6] == np.uint64(pg.BUDDY_COUNTS)) & (words[:, 5] == np.uint64(order))
+        return np.flatnonzero(is_head).astype(np.int64) * step + lo
+
+    def relink(self, zone: Zone, order: int, heads: np.ndarray) -> None:
+        """Make the zone's free list for ``order`` hold exactly ``heads``, linked in pfn order, with
+        nr_free to match: for a coordinator that took blocks off the list or added some."""
+        entry, head = self.zones[zone.node, zone.zone], pg.list_head_address(zone.node, zone.zone, order)
+        entry["free_next"][order] = entry["free_prev"][order] = head
+        entry["nr_free"][order] = 0
+        heads = np.sort(np.asarray(heads, np.int64))
+        if len(heads):
+            pg.link(self.raw, heads)
+            self._append(zone, order, heads[:1], heads[-1:], len(heads))
+
+    def list_del(self, zone: Zone, order: int, pfn: int) -> None:
+        """Take the free block at ``pfn`` off its list, as del_page_from_free_list(); its head keeps
+        its buddy mark for the caller to change."""
+        raw = self.raw
+        nxt, prv = int(raw[pfn, 1]), int(raw[pfn, 2])
+        self._set_next(zone, order, prv, nxt)
+        self._set_prev(zone, order, nxt, prv)
+        raw[pfn, 1] = raw[pfn, 2] = pg.lru_address(pfn)
+        self.zones[zone.node, zone.zone]["nr_free"][order] -= 1
+
+    def zone_of(self, pfn: int) -> Zone:
+        """The zone holding ``pfn``."""
+        for node in self.nodes:
+            for zone in node.zones:
+                if zone.start_pfn <= pfn < zone.end_pfn:
+                    return zone
+        raise ValueError(f"pfn {pfn} is outside the machine's {self.total_pages} pages")
+
+    def free_ranges(self, zone: Zone) -> list[tuple[int, int]]:
+        """The zone's deferred pfns that should be free now: less the holes and what later jobs
+        allocated."""
+        return _free_ranges(
+            zone.first_deferred_pfn, zone.end_pfn, merge_ranges([*self.holes, *self.allocated])
+        )
 
     def splice_all(self) -> None:
         """Splice every node's freed sections and mark deferred init done: for runs that freed the
@@ -477,7 +540,110 @@ def _check_holes(holes: list[tuple[int, int]], total_pages: int) -> tuple[tuple[
     return tuple(checked)
 
 
-def deferred_init(machine: Machine, engine: Padata | None = None, threads: int | None = None) -> DeferredInit:
+class NodeWork(Protocol):
+    """A memory-proportional job of the simulated machine, run as one padata job per node, as the
+    kernel runs deferred init: what deferred_init, the other kernel jobs and the benchmark share.
+
+    ``begin`` does the coordinator's part before the jobs (checks, taking blocks off the free
+    lists) and returns each simulated node's job; ``end(node)`` does its part after that node's job
+    (splicing what the chunks freed into the zone's lists).  Both count in the work's time.
+    ``reset`` puts the state back to before ``begin``, for repeated runs; ``verify`` proves the
+    result.  ``pages`` is the work's size in pages and ``bytes_per_page`` what it writes per page,
+    for rates."""
+
+    pages: int
+    bytes_per_page: int
+
+    def begin(self, threads: dict[int, int]) -> dict[int, MtJob]: ...
+
+    def end(self, node: int) -> None: ...
+
+    def reset(self) -> None: ...
+
+    def verify(self) -> object: ...
+
+
+@dataclass
+class NodeRun:
+    """What a NodeWork run did: per node, milliseconds (its job and its ``end``) and the job's
+    report; ``elapsed_ms`` from ``begin`` to the last ``end``, the kernel's "slowest node" figure."""
+
+    node_ms: dict[int, float]
+    reports: dict[int, JobReport] = field(default_factory=dict)
+    elapsed_ms: float = 0.0
+    pages: int = 0
+    retried: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # re-run after a helper died
+
+
+DeferredInit = NodeRun
+
+
+def node_threads(engine: Padata, nodes: int, threads: int | None) -> dict[int, int]:
+    """Per simulated node, its job's max_threads: ``threads``, or the CPUs of the engine node that
+    hosts it (simulated node k on engine node k modulo the engine's nodes)."""
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+    hosts = engine.topology.nodes_with_cpus
+    return {k: threads or len(hosts[k % len(hosts)].cpus) for k in range(nodes)}
+
+
+def run_work(work: NodeWork, nodes: int, engine: Padata | None = None, threads: int | None = None) -> NodeRun:
+    """Run ``work`` on ``engine``: every node's job at once, each with its helpers (and its
+    caller) on the engine node hosting it.  Raises the first node's error once every node has
+    stopped."""
+    engine = engine or default_engine()
+    hosts = engine.topology.nodes_with_cpus
+    began = time.perf_counter()
+    jobs = work.begin(node_threads(engine, nodes, threads))
+    futures = {
+        node: engine.submit(job, node=hosts[node % len(hosts)].id if len(hosts) > 1 else None)
+        for node, job in jobs.items()
+    }
+    concurrent.futures.wait(futures.values())
+    for future in futures.values():
+        future.result()  # the first node's error, once every node has stopped
+    run = NodeRun({}, pages=work.pages)
+    for node, future in futures.items():
+        report = future.result()
+        ended = time.perf_counter()
+        work.end(node)
+        run.reports[node] = report
+        if report.retried:
+            run.retried[node] = report.retried
+            log.warning("node %d: a helper died; re-ran %s", node, report.retried)
+        run.node_ms[node] = (report.elapsed_s + time.perf_counter() - ended) * 1e3
+    run.elapsed_ms = (time.perf_counter() - began) * 1e3
+    return run
+
+
+class DeferredInitWork:
+    """Deferred init as a NodeWork: one job per node's highest zone, the splice after it."""
+
+    bytes_per_page = pg.STRUCT_PAGE_SIZE
+
+    def __init__(self, machine: Machine):
+        self.machine = machine
+        self.pages = sum(machine.deferred_count(z) for z, _, _ in machine.deferred_ranges())
+
+    def begin(self, threads: dict[int, int]) -> dict[int, MtJob]:
+        if self.machine.initialised:
+            raise PadataError("deferred init has already run on this machine")
+        return {
+            z.node: self.machine.init_job(z, threads[z.node]) for z, _, _ in self.machine.deferred_ranges()
+        }
+
+    def end(self, node: int) -> None:
+        self.machine.splice(self.machine.nodes[node].highest_zone)
+        self.machine.initialised = True
+
+    def reset(self) -> None:
+        self.machine.reset()
+
+    def verify(self) -> VerifySummary:
+        return self.machine.verify()
+
+
+def deferred_init(machine: Machine, engine: Padata | None = None, threads: int | None = None) -> NodeRun:
     """The kernel's deferred struct-page init: one job per node, all nodes at once.
 
     Each job has the kernel's parameters: align = min_chunk = one section, max_threads = the CPUs
@@ -485,32 +651,7 @@ def deferred_init(machine: Machine, engine: Padata | None = None, threads: int |
     result's ``node_ms`` holds each node's time; ``elapsed_ms`` the whole, the kernel's figure.
     Logs "node %d deferred pages initialised in %ums" per node.
     """
-    if machine.initialised:
-        raise PadataError("deferred init has already run on this machine")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads must be an int >= 1, got {threads!r}")
-    engine = engine or default_engine()
-    engine_nodes = engine.topology.nodes_with_cpus
-    began = time.perf_counter()
-    futures = {}
-    for zone, _, _ in machine.deferred_ranges():
-        host = engine_nodes[zone.node % len(engine_nodes)]
-        job = machine.init_job(zone, threads or len(host.cpus))
-        futures[zone] = engine.submit(job, node=host.id if len(engine_nodes) > 1 else None)
-    concurrent.futures.wait(futures.values())
-    for future in futures.values():
-        future.result()  # the first node's error, once every node has stopped
-    result = DeferredInit({}, pages=sum(machine.deferred_count(z) for z in futures))
-    for zone, future in futures.items():
-        report = future.result()
-        spliced = time.perf_counter()
-        machine.splice(zone)
-        result.reports[zone.node] = report
-        if report.retried:
-            result.retried[zone.node] = report.retried
-            log.warning("node %d: a helper died; re-ran pfns %s", zone.node, report.retried)
-        result.node_ms[zone.node] = (report.elapsed_s + time.perf_counter() - spliced) * 1e3
-        log.info("node %d deferred pages initialised in %ums", zone.node, round(result.node_ms[zone.node]))
-    machine.initialised = True
-    result.elapsed_ms = (time.perf_counter() - began) * 1e3
-    return result
+    run = run_work(DeferredInitWork(machine), len(machine.nodes), engine, threads)
+    for node, ms in run.node_ms.items():
+        log.info("node %d deferred pages initialised in %ums", node, round(ms))
+    return run
