@@ -575,9 +575,6 @@ class NodeRun:
     retried: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # re-run after a helper died
 
 
-DeferredInit = NodeRun
-
-
 def node_threads(engine: Padata, nodes: int, threads: int | None) -> dict[int, int]:
     """Per simulated node, its job's max_threads: ``threads``, or the CPUs of the engine node that
     hosts it (simulated node k on engine node k modulo the engine's nodes)."""
