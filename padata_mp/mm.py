@@ -181,6 +181,21 @@ def _free_ranges(start: int, end: int, holes: Iterable[tuple[int, int]]) -> list
     return ranges
 
 
+class PageUser(Protocol):
+    """Something holding pages of the machine off the free lists."""
+
+    def allocated_ranges(self) -> list[tuple[int, int]]: ...
+
+
+@dataclass
+class MachineState:
+    raw: np.ndarray
+    pageblocks: np.ndarray
+    zones: np.ndarray
+    users: list[PageUser]
+    initialised: bool
+
+
 @dataclass
 class VerifySummary:
     deferred_pages: int
@@ -211,9 +226,9 @@ class Machine:
         # Simulated node k's struct pages live on host node k modulo the host's nodes with memory.
         self.host_node = {n.node: host_nodes[n.node % len(host_nodes)] for n in nodes}
         self.initialised = False
-        # Pfn ranges later jobs took off the free lists (huge pages, mappings): verify() proves
-        # everything else deferred is free.
-        self.allocated: list[tuple[int, int]] = []
+        # What later jobs took off the free lists (huge page pools, mappings), each able to say
+        # which pfns it holds: verify() proves everything else deferred is free.
+        self.users: list[PageUser] = []
         self._blocks: list[SharedArray] = []
         placement = [
             (n.start_pfn * pg.STRUCT_PAGE_SIZE, n.end_pfn * pg.STRUCT_PAGE_SIZE, self.host_node[n.node])
@@ -350,7 +365,7 @@ class Machine:
         the shared memory and every worker's mapping of it: for repeated runs on one machine."""
         self._early_boot()
         self.initialised = False
-        self.allocated = []
+        self.users = []
 
     # -- early boot -------------------------------------------------------------------------
 
@@ -467,6 +482,24 @@ class Machine:
                 if zone.start_pfn <= pfn < zone.end_pfn:
                     return zone
         raise ValueError(f"pfn {pfn} is outside the machine's {self.total_pages} pages")
+
+    @property
+    def allocated(self) -> list[tuple[int, int]]:
+        """The pfn ranges the users hold, merged."""
+        return merge_ranges([r for user in self.users for r in user.allocated_ranges()])
+
+    def save_state(self) -> MachineState:
+        """A copy of everything the kernel jobs change, in this process's memory (the memmap's
+        size): for benchmarks that repeat a job from the same starting state."""
+        return MachineState(
+            self.raw.copy(), self.pageblocks.copy(), self.zones.copy(), list(self.users), self.initialised
+        )
+
+    def restore_state(self, state: MachineState) -> None:
+        for start in range(0, self.total_pages, POISON_PAGES):  # in pieces: Ctrl-C is seen between
+            self.raw[start : start + POISON_PAGES] = state.raw[start : start + POISON_PAGES]
+        self.pageblocks[:], self.zones[:] = state.pageblocks, state.zones
+        self.users, self.initialised = list(state.users), state.initialised
 
     def free_ranges(self, zone: Zone) -> list[tuple[int, int]]:
         """The zone's deferred pfns that should be free now: less the holes and what later jobs
@@ -592,8 +625,11 @@ def run_work(work: NodeWork, nodes: int, engine: Padata | None = None, threads: 
     hosts = engine.topology.nodes_with_cpus
     began = time.perf_counter()
     jobs = work.begin(node_threads(engine, nodes, threads))
+    # A numa_aware job spreads its own helpers over the nodes; others stay on their host node.
     futures = {
-        node: engine.submit(job, node=hosts[node % len(hosts)].id if len(hosts) > 1 else None)
+        node: engine.submit(
+            job, node=None if job.numa_aware or len(hosts) == 1 else hosts[node % len(hosts)].id
+        )
         for node, job in jobs.items()
     }
     concurrent.futures.wait(futures.values())

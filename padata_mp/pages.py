@@ -23,7 +23,8 @@ NR_ORDERS = MAX_ORDER + 1
 
 ZONE_DMA, ZONE_DMA32, ZONE_NORMAL = 0, 1, 2
 ZONE_NAMES = ("DMA", "DMA32", "Normal")
-MAX_NR_ZONES = len(ZONE_NAMES)
+MAX_NR_ZONES = len(ZONE_NAMES)  # the zones with free lists in this model
+ZONE_DEVICE = 4  # after ZONE_MOVABLE (3), as on x86-64 with CONFIG_ZONE_DEVICE
 MIGRATE_MOVABLE = 1
 POISON = 0xFF  # CONFIG_DEBUG_VM poisons the memmap: every byte 0xff until a struct page is initialised
 
@@ -35,6 +36,9 @@ ZONES_PGSHIFT = NODES_PGSHIFT - ZONES_WIDTH
 LAST_CPUPID_PGSHIFT = ZONES_PGSHIFT - LAST_CPUPID_WIDTH
 LAST_CPUPID_MASK = (1 << LAST_CPUPID_WIDTH) - 1
 PG_RESERVED = 1 << 13
+PG_UPTODATE = 1 << 3
+PG_HEAD = 1 << 6
+TAIL_MAPPING = 0xDEAD_0000_0000_0400  # page->mapping of a compound tail (POISON_POINTER_DELTA + 0x400)
 
 # _mapcount doubles as page_type: a free block's head has PG_buddy cleared from -1.
 PG_BUDDY = 0x80
@@ -91,16 +95,23 @@ def list_head_address(node: int, zone: int, order: int) -> int:
     return ZONE_LISTS_BASE + ((node * MAX_NR_ZONES + zone) * NR_ORDERS + order) * LIST_HEAD_SIZE
 
 
+def page_address(pfn: np.ndarray | int) -> np.ndarray | int:
+    """The struct page's own address (what compound_head and pointers to pages hold)."""
+    return VMEMMAP_BASE + pfn * STRUCT_PAGE_SIZE
+
+
 INIT_COUNTS = counts_word(MAPCOUNT_NONE, 1)
 FREE_COUNTS = counts_word(MAPCOUNT_NONE, 0)
 BUDDY_COUNTS = counts_word(MAPCOUNT_BUDDY, 0)
 
 
-def init_pages(raw: np.ndarray, start: int, end: int, flags: int, counts: int = INIT_COUNTS) -> None:
+def init_pages(
+    raw: np.ndarray, start: int, end: int, flags: int, counts: int = INIT_COUNTS, mapping: int = 0
+) -> None:
     """__init_single_page for every pfn in [start, end): zeroed, flags set, refcount 1, mapcount -1,
-    lru pointing to itself.  ``raw`` is the memmap as (pages, 8) uint64.  ``counts`` lets early boot
-    reuse it for reserved pages."""
-    template = _template(flags, counts)
+    lru pointing to itself.  ``raw`` is the memmap as (pages, 8) uint64.  ``counts`` and
+    ``mapping`` let other states reuse it: reserved pages, freed pages, mapped anonymous pages."""
+    template = _template(flags, counts, mapping)
     for tile in range(start, end, TILE):
         _init_tile(raw[tile : min(tile + TILE, end)], tile, template)
 
@@ -115,11 +126,12 @@ def _init_tile(tile: np.ndarray, first_pfn: int, template: np.ndarray) -> None:
 
 
 @functools.cache
-def _template(flags: int, counts: int) -> np.ndarray:
+def _template(flags: int, counts: int, mapping: int = 0) -> np.ndarray:
     template = np.zeros((TILE, 8), np.uint64)
     template[:, 0] = flags
     template[:, 1] = lru_address(np.arange(TILE, dtype=np.uint64))
     template[:, 2] = template[:, 1]
+    template[:, 3] = mapping
     template[:, 6] = counts
     return template
 
@@ -167,6 +179,65 @@ def _free_singles(tile: np.ndarray, pageblocks: np.ndarray, start: int, end: int
     first_block = -(-start // PAGEBLOCK_NR_PAGES)
     last_block = -(-end // PAGEBLOCK_NR_PAGES)
     pageblocks[first_block:last_block] = MIGRATE_MOVABLE
+
+
+def fill_pages(raw: np.ndarray, start: int, end: int, words: tuple[int, ...]) -> None:
+    """Every struct page of [start, end) set to the same 8 ``words``: one contiguous copy of a
+    constant tile per tile (a broadcast row store runs at a third of the speed)."""
+    tile = _constant_tile(words)
+    for lo in range(start, end, TILE):
+        hi = min(lo + TILE, end)
+        raw[lo:hi] = tile[: hi - lo]
+
+
+@functools.cache
+def _constant_tile(words: tuple[int, ...]) -> np.ndarray:
+    return np.tile(np.array(words, np.uint64), (TILE, 1))
+
+
+def merge_buddies(blocks: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """The buddy allocator's merging, vectorised: ``blocks`` maps order to the pfns of free blocks
+    of that order (disjoint); every pair of buddies (pfn ^ 1 << order) joins into one block of the
+    next order, up to MAX_ORDER.  Returns the free blocks by order after every merge, sorted."""
+    out: dict[int, np.ndarray] = {}
+    carry = np.empty(0, np.int64)
+    for order in range(NR_ORDERS):
+        heads = np.sort(np.concatenate([np.asarray(blocks.get(order, []), np.int64), carry]))
+        if order == MAX_ORDER:
+            out[order] = heads
+            break
+        size = 1 << order
+        lower = heads[(heads & size) == 0]
+        paired = np.isin(lower + size, heads, assume_unique=True)
+        merged = lower[paired]
+        keep = ~np.isin(heads, np.concatenate([merged, merged + size]), assume_unique=True)
+        out[order] = heads[keep]
+        carry = merged
+    return out
+
+
+def prep_compound(raw: np.ndarray, heads: np.ndarray, order: int, flags: int) -> None:
+    """prep_compound_page() for the huge pages at ``heads`` (sorted pfns, aligned to ``order``):
+    every tail pointing at its head (compound_head, bit 0 set) with TAIL_MAPPING; each head
+    PG_head; the order in the first tail's flags (folio->_flags_1).  Refcounts stay 0, as hugetlb
+    keeps pages in its free pool.  Contiguous huge pages are done a tile at a time."""
+    size = 1 << order
+    template = _template(flags, FREE_COUNTS, TAIL_MAPPING)
+    for run in np.split(heads, np.flatnonzero(np.diff(heads) != size) + 1):
+        start, end = int(run[0]), int(run[-1]) + size
+        for lo in range(start, end, TILE):  # a tile never straddles a huge page: both are aligned
+            tile = raw[lo : min(lo + TILE, end)]
+            tile[:] = template[: len(tile)]
+            lru_prev = tile[:, 2]
+            np.add(lru_prev, np.uint64(lo * STRUCT_PAGE_SIZE), out=lru_prev)
+            firsts = np.arange(lo >> order << order, lo + len(tile), size, dtype=np.uint64)
+            compound = page_address(firsts) + np.uint64(1)
+            tile[:, 1] = compound[0] if len(firsts) == 1 else np.repeat(compound, size)
+        head_pages, first_tails = raw[start:end:size], raw[start + 1 : end : size]
+        head_pages[:, 0] = flags | PG_HEAD
+        head_pages[:, 1] = lru_address(run.astype(np.uint64))
+        head_pages[:, 3] = 0
+        first_tails[:, 0] = flags | order
 
 
 def link(raw: np.ndarray, heads: np.ndarray) -> None:

@@ -1,0 +1,153 @@
+"""pmem / ZONE_DEVICE: memmap_init_zone_device() over a device's pfn range, section by section.
+
+A persistent-memory device's struct pages are initialised when it is added (devm_memremap_pages),
+one page at a time in the kernel; the series named this as a next job for padata.  Each page gets
+__init_single_page() in ZONE_DEVICE, PG_reserved, its dev_pagemap pointer and no driver data, and
+every pageblock is MOVABLE.  The device's memmap is a shared block of its own, like the altmap
+that puts a device's struct pages on the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import pages as pg
+from .errors import PadataError
+from .job import MtJob
+from .mm import NodeRun, VerifyError, parse_size, run_work
+from .pool import Padata
+from .shm import SharedArray, deferred_interrupts
+
+PGMAP_ADDRESS = 0xFFFF_8881_0000_0000  # the device's struct dev_pagemap, in the direct map
+DEFAULT_START_PFN = (1 << 40) // pg.PAGE_SIZE  # above 1 TiB of RAM, section aligned
+# MEMORY_DEVICE_FS_DAX pages (pmem) keep the refcount of 1 that __init_single_page gives them.
+DEVICE_COUNTS = pg.counts_word(pg.MAPCOUNT_NONE, 1)
+
+
+@dataclass(frozen=True)
+class DeviceJob:
+    """fn_arg of the device's init job."""
+
+    memmap: SharedArray
+    pageblocks: SharedArray
+    start_pfn: int
+    node: int
+
+
+def device_words(node: int) -> tuple[int, ...]:
+    """A device struct page as __init_zone_device_page leaves it: lru.next holds page->pgmap,
+    lru.prev page->zone_device_data (NULL)."""
+    flags = pg.page_flags(node, pg.ZONE_DEVICE) | pg.PG_RESERVED
+    return (flags, PGMAP_ADDRESS, 0, 0, 0, 0, DEVICE_COUNTS, 0)
+
+
+def init_device_chunk(start: int, end: int, job: DeviceJob) -> None:
+    """thread_fn: memmap_init_zone_device() for pfns [start, end).  Every page gets the same 64
+    bytes, so this is one copy of a constant tile per tile: the store bandwidth bound of the jobs
+    that write struct pages."""
+    lo, hi = start - job.start_pfn, end - job.start_pfn
+    pg.fill_pages(job.memmap.array, lo, hi, device_words(job.node))
+    job.pageblocks.array[lo // pg.PAGEBLOCK_NR_PAGES : -(-hi // pg.PAGEBLOCK_NR_PAGES)] = pg.MIGRATE_MOVABLE
+
+
+class DeviceMemory:
+    """A pmem device of ``size`` bytes at ``start_pfn`` on ``node``, with its memmap (one struct
+    page per 4 KiB) in shared memory, poisoned until initialised.  A NodeWork: run it with
+    ``memmap_init_zone_device``.  Use it as a context manager; the memory is unlinked on exit."""
+
+    bytes_per_page = pg.STRUCT_PAGE_SIZE
+
+    def __init__(self, size: str | int, node: int = 0, start_pfn: int = DEFAULT_START_PFN):
+        if not isinstance(node, int) or node < 0:
+            raise ValueError(f"node must be an int >= 0, got {node!r}")
+        if not isinstance(start_pfn, int) or start_pfn < 0 or start_pfn % pg.PAGES_PER_SECTION:
+            raise ValueError(
+                f"start_pfn must be a multiple of a section ({pg.PAGES_PER_SECTION} pages), got {start_pfn!r}"
+            )
+        self.pages = parse_size(size) // pg.PAGE_SIZE
+        self.node, self.start_pfn = node, start_pfn
+        self.initialised = False
+        self._blocks = [SharedArray.create((self.pages, 8), np.uint64)]
+        try:
+            self._blocks.append(SharedArray.create(-(-self.pages // pg.PAGEBLOCK_NR_PAGES), np.uint8))
+            self._memmap, self._pageblocks = self._blocks
+            self.reset()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def memmap(self) -> np.ndarray:
+        """The device's struct pages as (pages, 8) uint64 words; row i is pfn start_pfn + i."""
+        return self._memmap.array
+
+    @property
+    def shared_arrays(self) -> tuple[SharedArray, ...]:
+        return (self._memmap, self._pageblocks)
+
+    def reset(self) -> None:
+        """Poison the memmap again (every byte 0xff), as before initialisation."""
+        for lo in range(0, self.pages, 1 << 22):
+            self.memmap[lo : lo + (1 << 22)].view(np.uint8).fill(pg.POISON)
+        self._pageblocks.array.fill(pg.POISON)
+        self.initialised = False
+
+    def begin(self, threads: dict[int, int]) -> dict[int, MtJob]:
+        if self.initialised:
+            raise PadataError("this device's struct pages are already initialised")
+        job = MtJob(
+            init_device_chunk,
+            DeviceJob(self._memmap, self._pageblocks, self.start_pfn, self.node),
+            start=self.start_pfn,
+            size=self.pages,
+            align=pg.PAGES_PER_SECTION,
+            min_chunk=pg.PAGES_PER_SECTION,
+            max_threads=threads[self.node],
+            retry=True,  # every call rewrites its whole range
+        )
+        return {self.node: job}
+
+    def end(self, node: int) -> None:
+        self.initialised = True
+
+    def verify(self) -> int:
+        """Prove every device struct page and pageblock is as memmap_init_zone_device leaves it;
+        raise VerifyError naming the first bad pfn.  Returns the pages proven."""
+        if not self.initialised:
+            raise VerifyError("the device's struct pages have not been initialised")
+        want = np.array(device_words(self.node), np.uint64)
+        for lo in range(0, self.pages, 1 << 20):
+            words = self.memmap[lo : lo + (1 << 20)]
+            bad = np.flatnonzero((words != want).any(axis=1))
+            if len(bad):
+                index = int(bad[0])
+                field = int(np.flatnonzero(words[index] != want)[0])
+                pfn = self.start_pfn + lo + index
+                raise VerifyError(f"device pfn {pfn}: word {field} is {int(words[index, field]):#x}", pfn=pfn)
+        blocks = np.flatnonzero(self._pageblocks.array != pg.MIGRATE_MOVABLE)
+        if len(blocks):
+            pfn = self.start_pfn + int(blocks[0]) * pg.PAGEBLOCK_NR_PAGES
+            raise VerifyError(f"device pageblock at pfn {pfn} is not MOVABLE", pfn=pfn, field="pageblock")
+        return self.pages
+
+    def close(self) -> None:
+        """Unlink the device's shared memory (idempotent)."""
+        with deferred_interrupts():
+            while self._blocks:
+                self._blocks.pop().unlink()
+
+    def __enter__(self) -> DeviceMemory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def memmap_init_zone_device(
+    device: DeviceMemory, engine: Padata | None = None, threads: int | None = None
+) -> NodeRun:
+    """Initialise the device's struct pages in parallel: one job, section-aligned chunks, helpers
+    on the engine node hosting the device's node (``threads`` of them at most, default its CPUs)."""
+    return run_work(device, device.node + 1, engine, threads)
