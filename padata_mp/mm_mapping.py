@@ -214,10 +214,14 @@ class Mapping:
         return list(zip(starts.tolist(), ends.tolist(), strict=True))
 
     def verify(self, extra_refs: np.ndarray | None = None) -> int:
-        """Prove the buddy side (machine.verify(): every page not mapped is free) and every mapped
-        page: an anonymous page at its virtual page, mapped once, refcount 1 (plus ``extra_refs``
-        per virtual page, as pins add).  Returns the pages mapped; raises VerifyError."""
+        """Prove the buddy side (machine.verify(): every page not mapped is free, in well-formed
+        lists), that the free pages of the mapping's blocks are fully merged (no two free buddies
+        of one order), and every mapped page: an anonymous page at its virtual page, mapped once,
+        refcount 1 (plus ``extra_refs`` per virtual page, as pins add).  Returns the pages mapped;
+        raises VerifyError."""
         self.machine.verify()
+        if self.populated:
+            self._check_merged()
         vpns = np.flatnonzero(self.pfns >= 0)
         for lo in range(0, len(vpns), 1 << 20):
             v = vpns[lo : lo + (1 << 20)]
@@ -245,6 +249,20 @@ class Mapping:
                         pfn=pfn,
                     )
         return len(vpns)
+
+    def _check_merged(self) -> None:
+        """No free block in the mapping's blocks has its buddy free at the same order."""
+        raw, blocks = self.machine.raw, self.job_arg.blocks.array
+        for lo in range(0, len(blocks), 1024):
+            pfns = (blocks[lo : lo + 1024, None] + np.arange(BLOCK)).ravel()
+            is_head = raw[pfns, 6] == np.uint64(pg.BUDDY_COUNTS)
+            heads, orders = pfns[is_head], raw[pfns[is_head], 5].astype(np.int64)
+            keys = heads * pg.NR_ORDERS + orders
+            buddies = (heads ^ (1 << orders)) * pg.NR_ORDERS + orders
+            unmerged = heads[(orders < pg.MAX_ORDER) & np.isin(buddies, keys)]
+            if len(unmerged):
+                pfn = int(unmerged[0])
+                raise VerifyError(f"pfn {pfn}: free block and its buddy both free, not merged", pfn=pfn)
 
     def close(self) -> None:
         """Unlink the mapping's own shared memory (idempotent)."""
