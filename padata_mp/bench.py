@@ -1,13 +1,17 @@
-"""``padata-mp bench``: how deferred init scales with processes, against the memory's limit, a native
+"""``padata-mp bench``: how a kernel job scales with processes, against the memory's limit, a native
 reference and the Python peers, printed in the kernel series' table format.
 
-Phases are timed apart: creating and first-touching the machine, attaching and pre-faulting in the
-workers, deferred init (the headline, repeated on one machine reset between runs), and verify.
+The job is deferred init by default (``--job init``), or one of the series' next jobs: hugetlb's
+boot pool, pmem struct pages, VFIO pinning, munmap, hugetlb fallocate.  Phases are timed apart:
+creating and first-touching the blocks (and preparing the state the job starts from), attaching
+and pre-faulting in the workers, the job (the headline, repeated from the same starting state),
+and verify.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import csv
 import ctypes
 import multiprocessing
@@ -22,12 +26,16 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from . import pages as pg
 from .job import MtJob, claim_sequence, plan
-from .mm import Machine, ZoneJob, deferred_init, init_chunk, parse_size
+from .mm import DeferredInitWork, Machine, NodeWork, deferred_init, node_threads, parse_size, run_work
+from .mm_hugetlb import HUGE_ORDERS, HugetlbFile, HugetlbPool
+from .mm_mapping import BLOCK, Mapping, Munmap, VfioPin, mmap_populate
+from .mm_pmem import DeviceMemory
 from .pool import Padata
 from .shm import SharedArray
 from .topology import Topology
@@ -37,6 +45,16 @@ NATIVE_SOURCE = Path(__file__).resolve().parent.parent / "bench" / "deferred_ini
 CEILING_REPEAT = 3  # STREAM reports the best of several runs
 NATIVE = "native (C, pthreads)"
 STORE_VALUE = 0x5A  # never benchmark stores of zero: memset has a faster path for it
+JOBS = {
+    "init": "deferred struct-page init",
+    "hugetlb": "hugetlb boot pool, 2 MiB pages",
+    "hugetlb-1g": "hugetlb boot pool, 1 GiB pages",
+    "pmem": "pmem (ZONE_DEVICE) struct-page init",
+    "vfio": "VFIO page pinning",
+    "munmap": "munmap with buddy merging",
+    "fallocate": "hugetlb fallocate clearing",
+}
+DEFAULT_MEM = {"fallocate": "2G"}  # the file's size: its frames are real memory; others: "64G"
 
 
 @dataclass
@@ -56,7 +74,7 @@ class Row:
 class Result:
     machine: dict
     config: dict
-    deferred_pages: int
+    deferred_pages: int  # the pages the job works on (deferred init's deferred pages, by default)
     phases_s: dict = field(default_factory=dict)
     ceiling_gbps: dict = field(default_factory=dict)
     rows: list[Row] = field(default_factory=list)
@@ -78,18 +96,107 @@ def progress(message: str) -> None:
 # -- what is measured ------------------------------------------------------------------------
 
 
-def plain_init(machine: Machine) -> float:
-    """The (0) row: each node's range in one loop of this process, then the splice; ms."""
+@dataclass
+class Workload:
+    """A job ready to be measured: its NodeWork over ``nodes`` simulated nodes, how to go back to
+    its starting state (outside the timing), the blocks workers touch, and the block the ceiling
+    stores to (what the job writes)."""
+
+    name: str
+    work: NodeWork
+    nodes: int
+    restore: Callable[[], None]
+    shared_arrays: tuple[SharedArray, ...]
+    written: SharedArray
+    mem_per_node: list[int]
+    machine: Machine | None = None  # for the native reference of deferred init
+
+
+def create(job: str, mem: str | int, nodes: int | str) -> Machine | DeviceMemory | HugetlbFile:
+    """The shared memory ``job`` works on: a simulated machine, a pmem device or a hugetlbfs file.
+    Every size check happens here, before any process starts."""
+    if job not in JOBS:
+        raise ValueError(f"job must be one of {', '.join(JOBS)}, got {job!r}")
+    if job == "pmem":
+        return DeviceMemory(mem)
+    if job == "fallocate":
+        return HugetlbFile(mem)
+    machine = Machine.create(mem, nodes)
+    gig = 1 << HUGE_ORDERS["1G"]
+    zones = [n.highest_zone for n in machine.nodes]
+    if job == "hugetlb-1g" and not any(z.end_pfn // gig > -(-z.first_deferred_pfn // gig) for z in zones):
+        machine.close()
+        raise ValueError(
+            f"--mem {mem} leaves no whole, aligned GiB of deferred memory on any node for a 1 GiB page"
+        )
+    return machine
+
+
+def workload(
+    job: str, base: Machine | DeviceMemory | HugetlbFile, engine: Padata, stack: contextlib.ExitStack
+) -> Workload:
+    """``job``'s starting state on ``base`` (deferred init first, for the jobs that come after it);
+    what it creates is closed by ``stack``.  Half of a node's free memory goes to the huge pages
+    and to the mapping that munmap and vfio work on."""
+    if not isinstance(base, Machine):
+        size = [base.pages * pg.PAGE_SIZE]
+        return Workload(job, base, 1, base.reset, base.shared_arrays, base.shared_arrays[0], size)
+    machine = base
+    engine.attach(*machine.shared_arrays)
+    per_node = [(n.end_pfn - n.start_pfn) * pg.PAGE_SIZE for n in machine.nodes]
+    memmap, nodes = machine.shared_arrays[0], len(machine.nodes)
+    if job == "init":
+        work = DeferredInitWork(machine)
+        return Workload(job, work, nodes, machine.reset, machine.shared_arrays, memmap, per_node, machine)
+    deferred_init(machine, engine)
+    work: Any
+    if job.startswith("hugetlb"):
+        size = "1G" if job == "hugetlb-1g" else "2M"
+        rooms = {n.node: -(-HugetlbPool.room(machine, size, n.node) // 2) for n in machine.nodes}
+        work = stack.enter_context(HugetlbPool(machine, size, rooms))
+        restore = _restore(machine, machine.save_state(), work.reset)
+        arrays = machine.shared_arrays + work.shared_arrays
+    else:
+        free = len(machine.free_heads(machine.nodes[0].highest_zone, pg.MAX_ORDER))
+        mapping = stack.enter_context(Mapping(machine, free // 2 * BLOCK))
+        engine.attach(*mapping.shared_arrays)
+        mmap_populate(mapping, engine)
+        state, pfns = machine.save_state(), mapping.pfns.copy()
+        if job == "munmap":
+            work = Munmap(mapping, 0, mapping.pages)
+            restore = _restore(machine, state, lambda: _remap(mapping, pfns))
+        else:
+            work = stack.enter_context(VfioPin(mapping, 0, mapping.pages))
+            restore = _restore(machine, state, work.reset)
+        arrays = machine.shared_arrays + mapping.shared_arrays + getattr(work, "shared_arrays", ())
+    return Workload(job, work, nodes, restore, arrays, memmap, per_node, machine)
+
+
+def _restore(machine: Machine, state: Any, then: Callable[[], None]) -> Callable[[], None]:
+    def restore() -> None:
+        machine.restore_state(state)
+        then()
+
+    return restore
+
+
+def _remap(mapping: Mapping, pfns: np.ndarray) -> None:
+    mapping.pfns[:] = pfns
+    mapping.partial[:] = False
+
+
+def plain_run(work: NodeWork, nodes: int) -> float:
+    """The (0) row: each node's job as one call in this process, then the coordinator's part; ms."""
     began = time.perf_counter()
-    for zone, start, end in machine.deferred_ranges():
-        if end > start:
-            init_chunk(start, end, machine.zone_job(zone))
-    machine.splice_all()
+    jobs = work.begin(dict.fromkeys(range(nodes), 1))
+    for node, job in jobs.items():
+        _call((job.thread_fn, job.start, job.end, job.fn_arg))
+        work.end(node)
     return (time.perf_counter() - began) * 1e3
 
 
 def store_chunk(start: int, end: int, arg: tuple[SharedArray, str]) -> None:
-    """Ceiling thread_fn: store a non-zero value over pages [start, end) of the memmap."""
+    """Ceiling thread_fn: store a non-zero value over rows [start, end) of the block."""
     block, how = arg
     tile = block.array[start:end]
     if how == "memset":
@@ -98,71 +205,66 @@ def store_chunk(start: int, end: int, arg: tuple[SharedArray, str]) -> None:
         tile.fill(STORE_VALUE * 0x0101010101010101)
 
 
-def ceiling(engine: Padata, machine: Machine, processes: int) -> dict[str, float]:
-    """Store bandwidth of ``processes`` processes over the memmap (already pre-faulted everywhere):
+def ceiling(engine: Padata, block: SharedArray, processes: int) -> dict[str, float]:
+    """Store bandwidth of ``processes`` processes over ``block`` (already pre-faulted everywhere):
     numpy fill and memset, best of CEILING_REPEAT each; GB/s."""
-    block = machine.shared_arrays[0]
+    rows = block.array.shape[0]
+    per_chunk = max(1, pg.TILE * pg.STRUCT_PAGE_SIZE // (block.array.nbytes // rows))
     out = {}
     for how in ("fill", "memset"):
         job = MtJob(
-            store_chunk,
-            (block, how),
-            0,
-            machine.total_pages,
-            align=pg.TILE,
-            min_chunk=pg.TILE,
-            max_threads=processes,
+            store_chunk, (block, how), 0, rows, align=per_chunk, min_chunk=per_chunk, max_threads=processes
         )
         best = min(engine.do_multithreaded(job).elapsed_s for _ in range(CEILING_REPEAT))
-        out[how] = machine.memmap_bytes / best / 1e9
+        out[how] = block.array.nbytes / best / 1e9
     return out
 
 
-def node_jobs(machine: Machine, threads: int) -> list[MtJob]:
-    """Deferred init's job per node with work, as deferred_init builds it, for the peers and the
-    native run."""
-    jobs = [machine.init_job(zone, threads) for zone, _, _ in machine.deferred_ranges()]
-    return [job for job in jobs if job.size]
-
-
-def peer_chunk(task: tuple[int, int, ZoneJob]) -> None:
-    init_chunk(*task)
+def _call(task: tuple[Callable, int, int, Any]) -> None:
+    """One chunk of a job, as the peers run it: thread_fn's error return is an error here too."""
+    thread_fn, start, end, arg = task
+    if thread_fn(start, end, arg):
+        raise RuntimeError(f"thread_fn failed on [{start}, {end})")
 
 
 def attach_in_worker(arrays: tuple[SharedArray, ...]) -> None:
-    """Pool initializer: map and pre-fault the machine once per worker, as padata's workers do."""
+    """Pool initializer: map and pre-fault the blocks once per worker, as padata's workers do."""
     for array in arrays:
         array.array  # noqa: B018
 
 
-def peer_init(machine: Machine, threads: int, mapper: Callable) -> float:
-    """Deferred init with the same chunks (the kernel's chunk size for ``threads``) through a peer's
-    map; then the splice.  ms."""
-    tasks = [
-        (s, e, job.fn_arg)
-        for job in node_jobs(machine, threads)
-        for s, e in claim_sequence(job, plan(job, threads).chunk_size)
-    ]
+def peer_run(work: NodeWork, nodes: int, threads: int, mapper: Callable, engine: Padata) -> float:
+    """The job with the same chunks (the kernel's chunk size for ``threads``) through a peer's map;
+    the coordinator's part before and after as padata_mp runs it.  ms."""
     began = time.perf_counter()
-    mapper(tasks)
-    machine.splice_all()
+    jobs = work.begin(node_threads(engine, nodes, threads))
+    mapper(
+        [
+            (job.thread_fn, s, e, job.fn_arg)
+            for job in jobs.values()
+            for s, e in claim_sequence(job, plan(job, threads).chunk_size)
+        ]
+    )
+    for node in jobs:
+        work.end(node)
     return (time.perf_counter() - began) * 1e3
 
 
-def peers(machine: Machine, threads: int) -> dict[str, tuple[Callable[[list], object], Callable[[], None]]]:
+def peers(
+    arrays: tuple[SharedArray, ...], threads: int
+) -> dict[str, tuple[Callable[[list], object], Callable[[], None]]]:
     """Each peer set up as a careful user would: the pool made (and its workers attached) before
     timing, the same chunk function and chunk size.  name -> (mapper, closer)."""
     ctx = multiprocessing.get_context("forkserver")
-    arrays = machine.shared_arrays
     pool = ctx.Pool(threads, initializer=attach_in_worker, initargs=(arrays,))
     ppe = concurrent.futures.ProcessPoolExecutor(
         threads, mp_context=ctx, initializer=attach_in_worker, initargs=(arrays,)
     )
     tpe = concurrent.futures.ThreadPoolExecutor(threads)
     made = {
-        "Pool.map": (lambda tasks: pool.map(peer_chunk, tasks, chunksize=1), pool.terminate),
-        "ProcessPoolExecutor": (lambda tasks: list(ppe.map(peer_chunk, tasks)), ppe.shutdown),
-        "ThreadPoolExecutor": (lambda tasks: list(tpe.map(peer_chunk, tasks)), tpe.shutdown),
+        "Pool.map": (lambda tasks: pool.map(_call, tasks, chunksize=1), pool.terminate),
+        "ProcessPoolExecutor": (lambda tasks: list(ppe.map(_call, tasks)), ppe.shutdown),
+        "ThreadPoolExecutor": (lambda tasks: list(tpe.map(_call, tasks)), tpe.shutdown),
     }
     # Warm up: every worker started and attached (pre-faulted) before any timing.
     pool.map(attach_in_worker, [arrays] * threads, chunksize=1)
@@ -173,7 +275,7 @@ def peers(machine: Machine, threads: int) -> dict[str, tuple[Callable[[list], ob
         return made
     parallel = joblib.Parallel(n_jobs=threads, backend="loky")
     parallel(joblib.delayed(attach_in_worker)(arrays) for _ in range(4 * threads))
-    made["joblib"] = (lambda tasks: parallel(joblib.delayed(peer_chunk)(t) for t in tasks), lambda: None)
+    made["joblib"] = (lambda tasks: parallel(joblib.delayed(_call)(t) for t in tasks), lambda: None)
     return made
 
 
@@ -194,7 +296,8 @@ def native_init(binary: Path, machine: Machine, threads: int) -> float:
     jobs = [
         f"{j.fn_arg.node}:{j.fn_arg.zone}:{j.start}:{j.end}:{j.fn_arg.end_pfn}:{threads}:"
         f"{plan(j, threads).chunk_size}"
-        for j in node_jobs(machine, threads)
+        for j in DeferredInitWork(machine).begin(dict.fromkeys(range(len(machine.nodes)), threads)).values()
+        if j.size
     ]
     out = subprocess.run(
         [str(binary), memmap, pageblocks, records, str(machine.total_pages), *jobs],
@@ -212,86 +315,108 @@ def native_init(binary: Path, machine: Machine, threads: int) -> float:
 
 
 def run(
-    mem: str | int,
+    mem: str | int | None,
     nodes: int | str,
     topology: Topology,
     threads: list[int] | None = None,
     repeat: int = 5,
     with_peers: bool = False,
     with_native: bool = True,
+    job: str = "init",
 ) -> Result:
-    """Measure everything in one run; raise if any run fails to verify."""
+    """Measure everything for ``job`` in one run; raise if any run fails to verify.  ``mem`` None:
+    the job's default (64G of simulated memory; a 2G file for fallocate)."""
+    if job not in JOBS:
+        raise ValueError(f"job must be one of {', '.join(JOBS)}, got {job!r}")
+    mem = mem or DEFAULT_MEM.get(job, "64G")
+    node_cpus = min(len(n.cpus) for n in topology.nodes_with_cpus)
+    counts = thread_counts(node_cpus, threads)
+    result = Result(
+        machine=machine_info(topology),
+        config={"job": job, "mem": str(mem), "threads": [t for t, _ in counts], "repeat": repeat},
+        deferred_pages=0,
+    )
+    workers = max(t for t, _ in counts) * len(topology.nodes_with_cpus)
     began = time.perf_counter()
-    progress(f"creating a {parse_size(mem) / 2**30:g} GiB machine over {nodes} node(s)")
-    with Machine.create(mem, nodes) as machine:
-        created = time.perf_counter() - began
-        node_cpus = min(len(n.cpus) for n in topology.nodes_with_cpus)
-        counts = thread_counts(node_cpus, threads)
-        result = Result(
-            machine=machine_info(topology),
-            config={
-                "mem": str(mem),
-                "nodes": len(machine.nodes),
-                "threads": [t for t, _ in counts],
-                "repeat": repeat,
-            },
-            deferred_pages=sum(machine.deferred_count(n.highest_zone) for n in machine.nodes),
-        )
-        result.phases_s["create"] = created
-        result.machine["memmap_bytes"] = machine.memmap_bytes
-        result.machine["mem_per_node_bytes"] = [
-            (n.end_pfn - n.start_pfn) * pg.PAGE_SIZE for n in machine.nodes
-        ]
-        workers = max(t for t, _ in counts) * len(topology.nodes_with_cpus)
-        # The ceiling runs as many processes as deferred init does: threads on each busy node.
-        busy_nodes = min(len(machine.nodes), len(topology.nodes_with_cpus))
-        with Padata(workers, topology=topology) as engine:
-            result.machine["start_method"] = engine.start_method
-            attach = engine.attach(*machine.shared_arrays)
-            result.phases_s["attach"] = max(attach.values(), default=0.0)
-
-            binary = build_native() if with_native else None
-            made = {count: peers(machine, count) for count, _ in counts} if with_peers else {}
-            try:
-                runs = {("(0)", 0): lambda: plain_init(machine)}
-                for count, _ in counts:
-                    progress(f"ceiling, {count} thread(s) per node")
-                    result.ceiling_gbps[count] = ceiling(engine, machine, count * busy_nodes)
-                    runs[("padata_mp", count)] = lambda c=count: deferred_init(machine, engine, c).elapsed_ms
-                    if binary:
-                        runs[(NATIVE, count)] = lambda c=count: native_init(binary, machine, c)
-                    for name, (mapper, _) in made.get(count, {}).items():
-                        runs[(name, count)] = lambda c=count, m=mapper: peer_init(machine, c, m)
-                times = _rounds(machine, runs, repeat, result.phases_s)
-            finally:
-                for pools in made.values():
-                    for _, close in pools.values():
-                        close()
-        for (name, count), ms in times.items():
-            median, stdev = statistics.median(ms), statistics.stdev(ms) if len(ms) > 1 else 0.0
-            if name in ("(0)", "padata_mp"):
-                percent = 0.0 if count == 0 else 100.0 * count / node_cpus
-                result.rows.append(Row(count, percent, median, stdev))
-            else:
-                runs_of = result.native if name == NATIVE else result.peers
-                runs_of.append({"name": name, "threads": count, "time_ms": median, "stdev_ms": stdev})
+    # The blocks first: their checks (sizes, nodes, room in /dev/shm) come before any process starts.
+    with contextlib.ExitStack() as stack:
+        base = stack.enter_context(create(job, mem, nodes))
+        progress(f"preparing {JOBS[job]} on {parse_size(mem) / 2**30:g} GiB")
+        engine = stack.enter_context(Padata(workers, topology=topology))
+        result.machine["start_method"] = engine.start_method
+        load = workload(job, base, engine, stack)
+        result.phases_s["create"] = time.perf_counter() - began
+        result.config["nodes"] = load.nodes
+        result.deferred_pages = load.work.pages
+        result.machine["bytes_per_page"] = load.work.bytes_per_page
+        result.machine["memmap_bytes"] = load.written.array.nbytes
+        result.machine["mem_per_node_bytes"] = load.mem_per_node
+        attach = engine.attach(*load.shared_arrays)
+        result.phases_s["attach"] = max(attach.values(), default=0.0)
+        times = _measure(engine, load, counts, topology, repeat, with_peers, with_native, result)
+    for (name, count), ms in times.items():
+        median, stdev = statistics.median(ms), statistics.stdev(ms) if len(ms) > 1 else 0.0
+        if name in ("(0)", "padata_mp"):
+            percent = 0.0 if count == 0 else 100.0 * count / node_cpus
+            result.rows.append(Row(count, percent, median, stdev))
+        else:
+            runs_of = result.native if name == NATIVE else result.peers
+            runs_of.append({"name": name, "threads": count, "time_ms": median, "stdev_ms": stdev})
     finish(result)
     return result
 
 
+def _measure(
+    engine: Padata,
+    load: Workload,
+    counts: list[tuple[int, float]],
+    topology: Topology,
+    repeat: int,
+    with_peers: bool,
+    with_native: bool,
+    result: Result,
+) -> dict[tuple[str, int], list[float]]:
+    """The ceiling per thread count, then every configuration's runs."""
+    # The ceiling runs as many processes as the job does: threads on each busy node.
+    busy_nodes = min(load.nodes, len(topology.nodes_with_cpus))
+    binary = None
+    if with_native and load.name == "init":
+        binary = build_native()
+    elif with_native:
+        progress(f"no native reference for --job {load.name}: only deferred init has one")
+    made = {count: peers(load.shared_arrays, count) for count, _ in counts} if with_peers else {}
+    try:
+        runs: dict[tuple[str, int], Callable[[], float]] = {
+            ("(0)", 0): lambda: plain_run(load.work, load.nodes)
+        }
+        for count, _ in counts:
+            progress(f"ceiling, {count} thread(s) per node")
+            result.ceiling_gbps[count] = ceiling(engine, load.written, count * busy_nodes)
+            runs[("padata_mp", count)] = lambda c=count: run_work(load.work, load.nodes, engine, c).elapsed_ms
+            if binary and load.machine:
+                runs[(NATIVE, count)] = lambda c=count: native_init(binary, load.machine, c)
+            for name, (mapper, _) in made.get(count, {}).items():
+                runs[(name, count)] = lambda c=count, m=mapper: peer_run(load.work, load.nodes, c, m, engine)
+        return _rounds(load, runs, repeat, result.phases_s)
+    finally:
+        for pools in made.values():
+            for _, close in pools.values():
+                close()
+
+
 def _rounds(
-    machine: Machine, runs: dict[tuple[str, int], Callable[[], float]], repeat: int, phases: dict
+    load: Workload, runs: dict[tuple[str, int], Callable[[], float]], repeat: int, phases: dict
 ) -> dict[tuple[str, int], list[float]]:
     """Every configuration once per round, ``repeat`` rounds, so drift in a shared machine's speed
-    falls on all of them alike; each run on a reset machine, verified after.  ms per run."""
+    falls on all of them alike; each run from the job's starting state, verified after.  ms."""
     times: dict[tuple[str, int], list[float]] = {key: [] for key in runs}
     for round_ in range(repeat):
         progress(f"round {round_ + 1}/{repeat}: {len(runs)} configurations")
         for key, run_once in runs.items():
-            machine.reset()
+            load.restore()
             times[key].append(run_once())
             began = time.perf_counter()
-            machine.verify()
+            load.work.verify()
             phases["verify"] = time.perf_counter() - began
     return times
 
@@ -303,7 +428,7 @@ def finish(result: Result) -> None:
         row.speedup = 100.0 * (base - row.time_ms) / base
         row.ratio = base / row.time_ms
         row.pages_per_s = result.deferred_pages / (row.time_ms / 1e3)
-        row.gbps = row.pages_per_s * pg.STRUCT_PAGE_SIZE / 1e9
+        row.gbps = row.pages_per_s * result.machine.get("bytes_per_page", pg.STRUCT_PAGE_SIZE) / 1e9
         ceiling_gbps = max(result.ceiling_gbps.get(row.threads or 1, {}).values(), default=0.0)
         row.ceiling_fraction = row.gbps / ceiling_gbps if ceiling_gbps else None
 
@@ -348,10 +473,10 @@ def table(result: Result) -> str:
     memmap_gib = m["memmap_bytes"] / 2**30
     lines = [
         f"{m['cpu_model']}, {len(host_nodes)} node(s) x {cpus} CPU(s) ({m['topology']})",
-        f"simulated: {config['nodes']} node(s), GiB per node {per_node}; memmap {memmap_gib:.2f} GiB; "
-        f"{result.deferred_pages} deferred pages",
+        f"job: {JOBS[config.get('job', 'init')]}; simulated: {config['nodes']} node(s), GiB per node "
+        f"{per_node}; {memmap_gib:.2f} GiB written to; {result.deferred_pages} pages",
         f"phases: create {phases['create']:.2f} s, attach {phases['attach']:.2f} s, "
-        f"verify {phases.get('verify', 0):.2f} s; deferred init below (median of {config['repeat']})",
+        f"verify {phases.get('verify', 0):.2f} s; the job below (median of {config['repeat']})",
         "",
         "  node% (thr) | speedup  ratio | time_ms (stdev)    | Mpages/s |  GB/s | % of ceiling",
         "  ----------- | -------------- | ------------------ | -------- | ----- | ------------",
@@ -367,7 +492,7 @@ def table(result: Result) -> str:
     if result.ceiling_gbps:
         lines.append("")
         lines.append(
-            "  ceiling (store bandwidth over the memmap, best of 3): "
+            "  ceiling (store bandwidth over the block the job writes, best of 3): "
             + "; ".join(
                 f"{t} thr fill {c['fill']:.1f} memset {c['memset']:.1f} GB/s"
                 for t, c in result.ceiling_gbps.items()
@@ -417,14 +542,17 @@ def plot(result: Result, path: str) -> None:
             [n["threads"] for n in native], [base / n["time_ms"] for n in native], "s--", label="native C"
         )
     ax1.set(
-        xlabel="threads", ylabel="speedup over the (0) row", title="deferred init speedup", xticks=threads
+        xlabel="threads",
+        ylabel="speedup over the (0) row",
+        title=f"{JOBS[result.config.get('job', 'init')]}: speedup",
+        xticks=threads,
     )
     ax1.set_ylim(bottom=0)
     ax1.legend()
-    ax2.plot(threads, [r.gbps for r in rows], "o-", label="padata_mp init")
+    ax2.plot(threads, [r.gbps for r in rows], "o-", label="padata_mp")
     ceilings = [max(result.ceiling_gbps[t].values()) for t in threads]
     ax2.plot(threads, ceilings, "k--", label="store ceiling")
-    ax2.set(xlabel="threads", ylabel="GB/s", title="struct pages written", xticks=threads)
+    ax2.set(xlabel="threads", ylabel="GB/s", title="bytes written", xticks=threads)
     ax2.set_ylim(bottom=0)
     ax2.legend()
     fig.tight_layout()

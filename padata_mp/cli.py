@@ -73,6 +73,8 @@ def _topology(args: argparse.Namespace) -> Topology:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .bench import JOBS
+
     parser = _Parser(prog="padata-mp", description="padata's multithreaded jobs on a process pool")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     topo = sub.add_parser("topology", help="print the NUMA nodes, CPUs and memory the engine will use")
@@ -89,9 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--synthetic", metavar="NxC", help="run the engine on N simulated nodes of C CPUs")
     init.add_argument("--verify", action="store_true", help="prove the result afterwards")
 
-    bench = sub.add_parser("bench", help="measure deferred init's scaling, ceiling, native and peers")
+    bench = sub.add_parser("bench", help="measure a kernel job's scaling, ceiling, native and peers")
     bench.add_argument(
-        "--mem", type=_size, default="64G", help="simulated memory (default 64G: a 1 GiB memmap)"
+        "--job",
+        choices=list(JOBS),
+        default="init",
+        help="the job: " + "; ".join(f"{name}: {what}" for name, what in JOBS.items()) + " (default init)",
+    )
+    bench.add_argument(
+        "--mem",
+        type=_size,
+        help="simulated memory (default 64G: a 1 GiB memmap); the device's size for pmem, "
+        "the file's for fallocate (default 2G)",
     )
     bench.add_argument("--nodes", type=_nodes, default="auto", help="simulated nodes, or auto (default)")
     counts = bench.add_mutually_exclusive_group()
@@ -171,7 +182,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if threads and max(threads) > node_cpus:
         print(f"padata-mp: note: thread counts capped at the node's {node_cpus} CPUs", file=sys.stderr)
         threads = sorted({min(t, node_cpus) for t in threads})
-    result = bench.run(args.mem, args.nodes, topology, threads, args.repeat, args.peers, args.native)
+    result = bench.run(
+        args.mem, args.nodes, topology, threads, args.repeat, args.peers, args.native, args.job
+    )
     print(bench.table(result))
     if args.json:
         with open(args.json, "w") as f:

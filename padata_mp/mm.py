@@ -580,9 +580,9 @@ class NodeWork(Protocol):
     ``begin`` does the coordinator's part before the jobs (checks, taking blocks off the free
     lists) and returns each simulated node's job; ``end(node)`` does its part after that node's job
     (splicing what the chunks freed into the zone's lists).  Both count in the work's time.
-    ``reset`` puts the state back to before ``begin``, for repeated runs; ``verify`` proves the
-    result.  ``pages`` is the work's size in pages and ``bytes_per_page`` what it writes per page,
-    for rates."""
+    ``verify`` proves the result.  ``pages`` is the work's size in pages and ``bytes_per_page``
+    what it writes per page, for rates.  Going back to the starting state, to run again, is each
+    work's own business (Machine.reset or save_state/restore_state, a device's or file's reset)."""
 
     pages: int
     bytes_per_page: int
@@ -590,8 +590,6 @@ class NodeWork(Protocol):
     def begin(self, threads: dict[int, int]) -> dict[int, MtJob]: ...
 
     def end(self, node: int) -> None: ...
-
-    def reset(self) -> None: ...
 
     def verify(self) -> object: ...
 
@@ -668,9 +666,6 @@ class DeferredInitWork:
     def end(self, node: int) -> None:
         self.machine.splice(self.machine.nodes[node].highest_zone)
         self.machine.initialised = True
-
-    def reset(self) -> None:
-        self.machine.reset()
 
     def verify(self) -> VerifySummary:
         return self.machine.verify()

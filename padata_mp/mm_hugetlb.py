@@ -75,7 +75,7 @@ class HugetlbPool:
         if not self.counts:
             raise ValueError("ask for at least one huge page")
         for node, count in self.counts.items():
-            room = self._room(machine.nodes[node].highest_zone)
+            room = self.room(machine, size, node)
             if count > room:
                 raise ValueError(f"node {node} has room for {room} huge pages of {size}, asked for {count}")
         self.total = sum(self.counts.values())
@@ -128,10 +128,13 @@ class HugetlbPool:
 
     # -- taking blocks off the free lists -------------------------------------------------------
 
-    def _room(self, zone: Zone) -> int:
-        if self.order == HUGE_ORDERS["2M"]:
-            return len(self.machine.free_heads(zone, 9)) + 2 * len(self.machine.free_heads(zone, 10))
-        return len(_gigantic_slots(self.machine.free_heads(zone, 10)))
+    @staticmethod
+    def room(machine: Machine, size: str, node: int) -> int:
+        """How many huge pages of ``size`` the node's free lists hold now."""
+        zone = machine.nodes[node].highest_zone
+        if size == "2M":
+            return len(machine.free_heads(zone, 9)) + 2 * len(machine.free_heads(zone, pg.MAX_ORDER))
+        return len(_gigantic_slots(machine.free_heads(zone, pg.MAX_ORDER)))
 
     def _take(self, zone: Zone, count: int) -> np.ndarray:
         """Heads of ``count`` huge pages taken off the zone's free lists (the lists relinked)."""

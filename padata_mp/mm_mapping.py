@@ -324,10 +324,6 @@ class Populate:
     def end(self, node: int) -> None:
         self.mapping.populated = True
 
-    def reset(self) -> None:
-        self.mapping.populated = False
-        self.mapping.partial[:] = False
-
     def verify(self) -> int:
         return self.mapping.verify()
 
@@ -374,9 +370,6 @@ class Munmap:
         for b in {first, last}:
             row = m.pfns[b * BLOCK : (b + 1) * BLOCK]
             m.partial[b] = bool((row < 0).any() and (row >= 0).any())
-
-    def reset(self) -> None:
-        pass
 
     def verify(self) -> int:
         return self.mapping.verify()

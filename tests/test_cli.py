@@ -60,6 +60,9 @@ def test_init_prints_the_kernels_lines_and_verifies():
         ["bench", "--threads", "1,2", "--node-percent"],
         ["bench", "--json", "/nonexistent/folder/out.json"],
         ["bench", "--csv", "/tmp"],
+        ["bench", "--job", "defrag"],
+        ["bench", "--job", "fallocate", "--mem", "1M"],  # less than one huge page
+        ["bench", "--job", "hugetlb-1g", "--mem", "5G"],  # no whole GiB deferred
         ["topology", "--workers", "-1"],
         ["frobnicate"],
         [],
@@ -119,6 +122,34 @@ def test_bench_writes_json_and_csv(tmp_path):
     if data["native"]:
         assert {n["threads"] for n in data["native"]} == {r["threads"] for r in data["rows"] if r["threads"]}
     assert (tmp_path / "b.csv").read_text().startswith("threads,node_percent,time_ms")
+    assert shm_entries() - before == set()
+
+
+@pytest.mark.parametrize("job", ["hugetlb", "hugetlb-1g", "pmem", "vfio", "munmap", "fallocate"])
+def test_bench_runs_every_kernel_job(tmp_path, job):
+    before = shm_entries()
+    mem = "64M" if job == "fallocate" else "6G"
+    out = cli(
+        "bench",
+        "--job",
+        job,
+        "--mem",
+        mem,
+        "--threads",
+        "1,2",
+        "--repeat",
+        "1",
+        "--peers",
+        "--json",
+        str(tmp_path / "b.json"),
+    )
+    assert out.returncode == 0, out.stderr
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert data["config"]["job"] == job
+    assert [r["threads"] for r in data["rows"]] == [0, 1, 2] and data["deferred_pages"] > 0
+    assert {p["name"] for p in data["peers"]} >= {"Pool.map", "ProcessPoolExecutor", "ThreadPoolExecutor"}
+    assert not data["native"] and "no native reference" in out.stderr
+    assert "node% (thr) | speedup" in out.stdout
     assert shm_entries() - before == set()
 
 
