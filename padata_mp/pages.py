@@ -144,14 +144,15 @@ def init_and_free(raw: np.ndarray, pageblocks: np.ndarray, start: int, end: int,
     Returns the heads freed, ``(order10_pfns, order0_pfns)``, in pfn order, not yet linked.
     """
     template = _template(flags, INIT_COUNTS)
+    # Whole pieces end with every refcount 0: __init_single_page's 1 and __free_pages_core's 0 are
+    # one template's word, written once (the kernel's two loops keep the tile in cache for this).
+    freed = _template(flags, FREE_COUNTS)
     full_lo = -(-start // MAX_ORDER_NR_PAGES) * MAX_ORDER_NR_PAGES
     full_hi = end // MAX_ORDER_NR_PAGES * MAX_ORDER_NR_PAGES
     if full_lo >= full_hi:  # no whole piece: every page is freed alone
         full_lo = full_hi = end
     for first in range(full_lo, full_hi, TILE):
-        tile = raw[first : min(first + TILE, full_hi)]
-        _init_tile(tile, first, template)
-        tile[:, 6] = FREE_COUNTS  # __free_pages_core: every page's refcount to 0
+        _init_tile(raw[first : min(first + TILE, full_hi)], first, freed)
     _mark_blocks(raw, pageblocks, full_lo, full_hi)
     singles = [np.arange(lo, hi, dtype=np.int64) for lo, hi in ((start, full_lo), (full_hi, end)) if lo < hi]
     for pfns in singles:  # under a piece each, so one tile
@@ -222,22 +223,30 @@ def prep_compound(raw: np.ndarray, heads: np.ndarray, order: int, flags: int) ->
     PG_head; the order in the first tail's flags (folio->_flags_1).  Refcounts stay 0, as hugetlb
     keeps pages in its free pool.  Contiguous huge pages are done a tile at a time."""
     size = 1 << order
-    template = _template(flags, FREE_COUNTS, TAIL_MAPPING)
+    template = _compound_template(flags, order)
     for run in np.split(heads, np.flatnonzero(np.diff(heads) != size) + 1):
         start, end = int(run[0]), int(run[-1]) + size
         for lo in range(start, end, TILE):  # a tile never straddles a huge page: both are aligned
             tile = raw[lo : min(lo + TILE, end)]
             tile[:] = template[: len(tile)]
-            lru_prev = tile[:, 2]
+            # Word 1 of the template points at the head of each page as if the tile began at pfn
+            # 0, word 2 at the page itself: both move by the tile's place.
+            compound, lru_prev = tile[:, 1], tile[:, 2]
+            np.add(compound, np.uint64((lo >> order << order) * STRUCT_PAGE_SIZE), out=compound)
             np.add(lru_prev, np.uint64(lo * STRUCT_PAGE_SIZE), out=lru_prev)
-            firsts = np.arange(lo >> order << order, lo + len(tile), size, dtype=np.uint64)
-            compound = page_address(firsts) + np.uint64(1)
-            tile[:, 1] = compound[0] if len(firsts) == 1 else np.repeat(compound, size)
         head_pages, first_tails = raw[start:end:size], raw[start + 1 : end : size]
         head_pages[:, 0] = flags | PG_HEAD
         head_pages[:, 1] = lru_address(run.astype(np.uint64))
         head_pages[:, 3] = 0
         first_tails[:, 0] = flags | order
+
+
+@functools.cache
+def _compound_template(flags: int, order: int) -> np.ndarray:
+    template = _template(flags, FREE_COUNTS, TAIL_MAPPING).copy()
+    index = np.arange(TILE, dtype=np.uint64)
+    template[:, 1] = page_address(index >> np.uint64(order) << np.uint64(order)) + np.uint64(1)
+    return template
 
 
 def link(raw: np.ndarray, heads: np.ndarray) -> None:
