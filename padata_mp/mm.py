@@ -26,7 +26,7 @@ from . import pages as pg
 from .errors import PadataError, merge_ranges
 from .job import MtJob
 from .pool import JobReport, Padata, default_engine
-from .shm import SharedArray, deferred_interrupts
+from .shm import BlockOwner, SharedArray
 from .topology import memory_nodes, read_topology
 
 log = logging.getLogger("padata_mp.mm")
@@ -158,13 +158,18 @@ def init_chunk(start: int, end: int, job: ZoneJob) -> None:
             order10, order0 = pg.init_and_free(raw, pageblocks, lo, hi, flags)
             heads[pg.MAX_ORDER].append(order10)
             heads[0].append(order0)
-        record = records[section // pg.PAGES_PER_SECTION]
-        record[:] = 0
-        for order, parts in heads.items():
-            pfns = np.concatenate(parts) if parts else np.empty(0, np.int64)
-            if len(pfns):
-                pg.link(raw, pfns)
-                record[order] = (pfns[0], pfns[-1], len(pfns))
+        record_heads(raw, records[section // pg.PAGES_PER_SECTION], heads)
+
+
+def record_heads(raw: np.ndarray, record: np.ndarray, heads: dict[int, list[np.ndarray]]) -> None:
+    """A section's record for the splice: each order's freed heads (pfn arrays, in order) linked into
+    one chain, and its FIRST, LAST and COUNT noted; orders with none are zero."""
+    record[:] = 0
+    for order, parts in heads.items():
+        pfns = np.concatenate(parts) if parts else np.empty(0, np.int64)
+        if len(pfns):
+            pg.link(raw, pfns)
+            record[order] = (pfns[0], pfns[-1], len(pfns))
 
 
 def _free_ranges(start: int, end: int, holes: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -205,7 +210,7 @@ class VerifySummary:
     per_order: dict[int, int]
 
 
-class Machine:
+class Machine(BlockOwner):
     """A simulated machine: its layout and, in shared memory, the memmap (one 64-byte struct page
     per 4 KiB page), the pageblock flags, the zones' free lists and counters.
 
@@ -235,10 +240,10 @@ class Machine:
             for n in nodes
         ]
         try:
-            self._raw = self._block((total_pages, 8), np.uint64, placement)
-            self._pageblocks = self._block(-(-total_pages // pg.PAGEBLOCK_NR_PAGES), np.uint8)
-            self._zones = self._block((len(nodes), pg.MAX_NR_ZONES), ZONE_DTYPE)
-            self._records = self._block((-(-total_pages // pg.PAGES_PER_SECTION), pg.NR_ORDERS, 3), np.int64)
+            self._raw = self._create((total_pages, 8), np.uint64, placement=placement)
+            self._pageblocks = self._create(-(-total_pages // pg.PAGEBLOCK_NR_PAGES), np.uint8)
+            self._zones = self._create((len(nodes), pg.MAX_NR_ZONES), ZONE_DTYPE)
+            self._records = self._create((-(-total_pages // pg.PAGES_PER_SECTION), pg.NR_ORDERS, 3), np.int64)
         except BaseException:
             self.close()
             raise
@@ -523,27 +528,6 @@ class Machine:
         from .mm_verify import verify
 
         return verify(self)
-
-    # -- lifetime ---------------------------------------------------------------------------
-
-    def _block(
-        self, shape: tuple[int, ...] | int, dtype: np.dtype | type, placement: list | None = None
-    ) -> SharedArray:
-        block = SharedArray.create(shape, dtype, placement=placement)
-        self._blocks.append(block)
-        return block
-
-    def close(self) -> None:
-        """Unlink the machine's shared memory (idempotent; Ctrl-C waits until it is done)."""
-        with deferred_interrupts():
-            while self._blocks:
-                self._blocks.pop().unlink()
-
-    def __enter__(self) -> Machine:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def describe(self) -> str:
         """One line per node: its zones' pfn ranges and how many pages are deferred."""

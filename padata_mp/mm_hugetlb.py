@@ -18,7 +18,7 @@ from .errors import PadataError
 from .job import MtJob
 from .mm import Machine, NodeRun, VerifyError, Zone, parse_size, run_work
 from .pool import Padata
-from .shm import SharedArray, deferred_interrupts
+from .shm import BlockOwner, SharedArray
 
 HUGE_ORDERS = {"2M": 9, "1G": 18}
 HPAGE_BYTES = 2 << 20  # the huge page fallocate clears
@@ -42,7 +42,7 @@ def prep_chunk(start: int, end: int, job: PrepJob) -> None:
         pg.prep_compound(job.memmap.array, units[units[:, 1] == flags, 0], job.order, int(flags))
 
 
-class HugetlbPool:
+class HugetlbPool(BlockOwner):
     """hugetlb's boot-time pool: ``per_node`` huge pages of ``size`` ("2M" or "1G") on each node (an
     int for every node, or ``{node: count}``), allocated after deferred init.
 
@@ -81,7 +81,8 @@ class HugetlbPool:
         self.total = sum(self.counts.values())
         self.pages = self.total << self.order
         self.heads: dict[int, np.ndarray] = {}
-        self._units = SharedArray.create((self.total, 2), np.int64)
+        self._blocks = []
+        self._units = self._create((self.total, 2), np.int64)
 
     @property
     def shared_arrays(self) -> tuple[SharedArray, ...]:
@@ -182,16 +183,11 @@ class HugetlbPool:
         return self.total
 
     def close(self) -> None:
-        with deferred_interrupts():
-            if self in self.machine.users:
-                self.machine.users.remove(self)
-            self._units.unlink()
-
-    def __enter__(self) -> HugetlbPool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        """Unlink the pool's own shared memory and stop counting its pages as held (idempotent);
+        the struct pages stay as they are."""
+        if self in self.machine.users:
+            self.machine.users.remove(self)
+        super().close()
 
 
 def _gigantic_slots(blocks10: np.ndarray) -> np.ndarray:
@@ -238,7 +234,7 @@ def clear_chunk(start: int, end: int, frames: SharedArray) -> None:
     frames.array[start:end].fill(0)
 
 
-class HugetlbFile:
+class HugetlbFile(BlockOwner):
     """A hugetlbfs file of ``size`` bytes (whole 2 MiB pages) whose fallocate() clears every page:
     the page frames are a shared block, holding old data (a non-zero pattern) until cleared.  A
     NodeWork: run it with ``hugetlb_fallocate``."""
@@ -252,7 +248,8 @@ class HugetlbFile:
         self.node = node
         self.pages = self.huge_pages * (HPAGE_BYTES // pg.PAGE_SIZE)
         self.cleared = False
-        self._frames = SharedArray.create((self.huge_pages, HPAGE_BYTES // 8), np.uint64)
+        self._blocks = []
+        self._frames = self._create((self.huge_pages, HPAGE_BYTES // 8), np.uint64)
         try:
             self.reset()
         except BaseException:
@@ -293,18 +290,6 @@ class HugetlbFile:
             if len(dirty):
                 raise VerifyError(f"huge page {lo + int(dirty[0])} of the file is not clear")
         return self.huge_pages * HPAGE_BYTES
-
-    def close(self) -> None:
-        with deferred_interrupts():
-            if self._frames is not None:
-                self._frames.unlink()
-                self._frames = None
-
-    def __enter__(self) -> HugetlbFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def hugetlb_fallocate(file: HugetlbFile, engine: Padata | None = None, threads: int | None = None) -> NodeRun:

@@ -19,7 +19,7 @@ from .errors import PadataError
 from .job import MtJob
 from .mm import Machine, NodeRun, VerifyError, run_work
 from .pool import Padata
-from .shm import SharedArray, deferred_interrupts
+from .shm import BlockOwner, SharedArray
 
 ANON_MAPPING = 0xFFFF_8881_2000_0001  # page->mapping of an anonymous page: its anon_vma | PAGE_MAPPING_ANON
 MAPPED_COUNTS = pg.counts_word(0, 1)  # mapped once, one reference
@@ -158,7 +158,7 @@ def _pin(job: PinJob, start: int, end: int, pin: bool) -> None:
         done[:] = np.arange(plo, plo + vhi - vlo) if pin else -1
 
 
-class Mapping:
+class Mapping(BlockOwner):
     """A process's anonymous mapping of ``pages`` pages (rounded up to whole 4 MiB blocks) on
     ``node`` of a machine after deferred init.  ``mmap_populate`` maps it, ``munmap`` frees ranges
     of it back to the buddy lists with merging, ``vfio_pin`` pins ranges with undo.  Use it as a
@@ -182,14 +182,13 @@ class Mapping:
             )
         self.populated = False
         self.partial = np.zeros(self.pages // BLOCK, bool)  # blocks partly free: their free blocks listed
-        self._blocks: list[SharedArray] = []
+        self._blocks = []
         try:
             made = [
-                SharedArray.create(self.pages // BLOCK, np.int64),
-                SharedArray.create(self.pages, np.int64),
-                SharedArray.create((-(-self.pages // SECTION), pg.NR_ORDERS, 3), np.int64),
+                self._create(self.pages // BLOCK, np.int64),
+                self._create(self.pages, np.int64),
+                self._create((-(-self.pages // SECTION), pg.NR_ORDERS, 3), np.int64),
             ]
-            self._blocks = made
         except BaseException:
             self.close()
             raise
@@ -263,18 +262,6 @@ class Mapping:
             if len(unmerged):
                 pfn = int(unmerged[0])
                 raise VerifyError(f"pfn {pfn}: free block and its buddy both free, not merged", pfn=pfn)
-
-    def close(self) -> None:
-        """Unlink the mapping's own shared memory (idempotent)."""
-        with deferred_interrupts():
-            while self._blocks:
-                self._blocks.pop().unlink()
-
-    def __enter__(self) -> Mapping:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _check_range(mapping: Mapping, start: int, pages: int) -> None:
@@ -375,7 +362,7 @@ class Munmap:
         return self.mapping.verify()
 
 
-class VfioPin:
+class VfioPin(BlockOwner):
     """VFIO page pinning of virtual pages [start, start + pages) as a NodeWork, with the RFC's undo:
     a chunk meeting an unmapped page returns -EFAULT and the engine unpins every completed chunk,
     so the machine is left exactly as before."""
@@ -386,7 +373,8 @@ class VfioPin:
         _check_range(mapping, start, pages)
         self.mapping, self.start, self.pages = mapping, start, pages
         self.pinned = False
-        self._iova = SharedArray.create(pages, np.int64)
+        self._blocks = []
+        self._iova = self._create(pages, np.int64)
         self._iova.array.fill(-1)
 
     @property
@@ -447,16 +435,7 @@ class VfioPin:
 
     def close(self) -> None:
         """Unlink the DMA's pfn list (idempotent).  It does not unpin: call unpin first."""
-        with deferred_interrupts():
-            if self._iova is not None:
-                self._iova.unlink()
-                self._iova = None
-
-    def __enter__(self) -> VfioPin:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().close()
 
 
 @dataclass

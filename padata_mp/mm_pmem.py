@@ -18,7 +18,7 @@ from .errors import PadataError
 from .job import MtJob
 from .mm import NodeRun, VerifyError, parse_size, run_work
 from .pool import Padata
-from .shm import SharedArray, deferred_interrupts
+from .shm import BlockOwner, SharedArray
 
 PGMAP_ADDRESS = 0xFFFF_8881_0000_0000  # the device's struct dev_pagemap, in the direct map
 DEFAULT_START_PFN = (1 << 40) // pg.PAGE_SIZE  # above 1 TiB of RAM, section aligned
@@ -52,7 +52,7 @@ def init_device_chunk(start: int, end: int, job: DeviceJob) -> None:
     job.pageblocks.array[lo // pg.PAGEBLOCK_NR_PAGES : -(-hi // pg.PAGEBLOCK_NR_PAGES)] = pg.MIGRATE_MOVABLE
 
 
-class DeviceMemory:
+class DeviceMemory(BlockOwner):
     """A pmem device of ``size`` bytes at ``start_pfn`` on ``node``, with its memmap (one struct
     page per 4 KiB) in shared memory, poisoned until initialised.  A NodeWork: run it with
     ``memmap_init_zone_device``.  Use it as a context manager; the memory is unlinked on exit."""
@@ -69,10 +69,10 @@ class DeviceMemory:
         self.pages = parse_size(size) // pg.PAGE_SIZE
         self.node, self.start_pfn = node, start_pfn
         self.initialised = False
-        self._blocks = [SharedArray.create((self.pages, 8), np.uint64)]
+        self._blocks = []
         try:
-            self._blocks.append(SharedArray.create(-(-self.pages // pg.PAGEBLOCK_NR_PAGES), np.uint8))
-            self._memmap, self._pageblocks = self._blocks
+            self._memmap = self._create((self.pages, 8), np.uint64)
+            self._pageblocks = self._create(-(-self.pages // pg.PAGEBLOCK_NR_PAGES), np.uint8)
             self.reset()
         except BaseException:
             self.close()
@@ -131,18 +131,6 @@ class DeviceMemory:
             pfn = self.start_pfn + int(blocks[0]) * pg.PAGEBLOCK_NR_PAGES
             raise VerifyError(f"device pageblock at pfn {pfn} is not MOVABLE", pfn=pfn, field="pageblock")
         return self.pages
-
-    def close(self) -> None:
-        """Unlink the device's shared memory (idempotent)."""
-        with deferred_interrupts():
-            while self._blocks:
-                self._blocks.pop().unlink()
-
-    def __enter__(self) -> DeviceMemory:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def memmap_init_zone_device(

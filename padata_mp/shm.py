@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable, Iterator
 from multiprocessing import resource_tracker
 from multiprocessing.shared_memory import SharedMemory
+from typing import Any, Self
 
 import numpy as np
 import psutil
@@ -144,6 +145,31 @@ def deferred_interrupts() -> Iterator[None]:
             signal.signal(sig, handler)
         if held:
             raise KeyboardInterrupt
+
+
+class BlockOwner:
+    """What owns shared blocks (a machine, a device, a mapping...): ``close()`` unlinks every block
+    it made with ``_create`` (idempotent; Ctrl-C waits until it is done), also as a context
+    manager.  Subclasses set ``self._blocks = []`` before their first ``_create``."""
+
+    _blocks: list[SharedArray]
+
+    def _create(self, shape: int | tuple[int, ...], dtype: np.dtype | type, **placement: Any) -> SharedArray:
+        block = SharedArray.create(shape, dtype, **placement)
+        self._blocks.append(block)
+        return block
+
+    def close(self) -> None:
+        """Unlink the shared memory (idempotent; Ctrl-C waits until it is done)."""
+        with deferred_interrupts():
+            while self._blocks:
+                self._blocks.pop().unlink()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def check_room(nbytes: int) -> None:

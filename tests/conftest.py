@@ -4,7 +4,7 @@ import numpy as np
 import psutil
 import pytest
 
-from padata_mp import Padata, SharedArray
+from padata_mp import Padata, SharedArray, WorkerDiedError
 
 
 def shm_entries() -> set[str]:
@@ -22,6 +22,18 @@ def children() -> set[int]:
             and ("forkserver" in " ".join(p.cmdline()) or "resource_tracker" in " ".join(p.cmdline()))
         )
     }
+
+
+def until_a_helper_dies(engine, counts, job):
+    """Run ``job`` until a helper, not the caller, takes its poisoned chunk and dies (the caller
+    may take it itself); the WorkerDiedError.  ``counts`` is zeroed before each try."""
+    for _ in range(5):
+        counts.array[:] = 0
+        try:
+            engine.do_multithreaded(job)
+        except WorkerDiedError as died:
+            return died
+    raise AssertionError("no helper ever claimed the chunk")
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ from padata_mp import (
 )
 from padata_mp.job import claim_sequence
 from tests import fns
-from tests.conftest import children, shm_entries
+from tests.conftest import children, shm_entries, until_a_helper_dies
 
 N = 1 << 20
 
@@ -134,17 +134,8 @@ def test_thread_fn_returning_a_non_int_is_an_error(engine):
 def test_a_killed_worker_is_reported_and_replaced(no_leaks, counts):
     with Padata(2) as e:
         job = MtJob(fns.kill_self_at, (counts, N // 2, os.getpid()), 0, N, align=1024, max_threads=2)
-        # The caller may claim the poisoned chunk itself; retry until a helper takes it.
-        err = None
-        for _ in range(5):
-            counts.array[:] = 0
-            pids = {pid for _, pid, _ in e.workers}
-            try:
-                e.do_multithreaded(job)
-            except WorkerDiedError as died:
-                err = died
-                break
-        assert err is not None, "no helper ever claimed the chunk"
+        pids = {pid for _, pid, _ in e.workers}
+        err = until_a_helper_dies(e, counts, job)
         assert err.pid in pids
         assert err.exitcode == -signal.SIGKILL
         assert err.chunk is not None and err.chunk[0] <= N // 2 < err.chunk[1]

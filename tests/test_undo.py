@@ -6,9 +6,10 @@ import os
 import numpy as np
 import pytest
 
-from padata_mp import JobFailedError, MtJob, Padata, PadataError, WorkerDiedError
+from padata_mp import JobFailedError, MtJob, Padata, PadataError
 from padata_mp.errors import subtract_ranges
 from tests import fns
+from tests.conftest import until_a_helper_dies
 
 N = 1 << 20
 
@@ -64,24 +65,9 @@ def test_the_first_error_is_reported(engine, counts):
 
 def test_undo_after_a_helper_dies(counts):
     with Padata(2) as e:
-        err = None
-        for _ in range(5):  # until a helper, not the caller, takes the poisoned chunk
-            counts.array[:] = 0
-            job = MtJob(
-                fns.kill_self_at,
-                (counts, N // 2, os.getpid()),
-                0,
-                N,
-                align=1024,
-                max_threads=2,
-                undo_fn=fns.uncount,
-            )
-            try:
-                e.do_multithreaded(job)
-            except WorkerDiedError as died:
-                err = died
-                break
-        assert err is not None, "no helper ever claimed the chunk"
+        args = (counts, N // 2, os.getpid())
+        job = MtJob(fns.kill_self_at, args, 0, N, align=1024, max_threads=2, undo_fn=fns.uncount)
+        err = until_a_helper_dies(e, counts, job)
         assert err.undone == subtract_ranges((0, N), err.not_done)
         # The helper died before counting its chunk: nothing is left counted anywhere.
         assert not (counts.array != 0).any()
