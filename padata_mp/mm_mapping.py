@@ -17,7 +17,7 @@ import numpy as np
 from . import pages as pg
 from .errors import PadataError
 from .job import MtJob
-from .mm import Machine, NodeRun, VerifyError, run_work
+from .mm import Machine, NodeRun, VerifyError, record_heads, run_work
 from .pool import Padata
 from .shm import BlockOwner, SharedArray
 
@@ -75,13 +75,7 @@ def munmap_chunk(start: int, end: int, job: MapJob) -> None:
         heads: dict[int, list[np.ndarray]] = {order: [] for order in range(pg.NR_ORDERS)}
         for vlo, vhi, plo in _runs(job, lo, hi):
             _free_run(raw, pfns, job.flags, vlo, vhi, plo, heads)
-        record = records[section]
-        record[:] = 0
-        for order, parts in heads.items():
-            chain = np.concatenate(parts) if parts else np.empty(0, np.int64)
-            if len(chain):
-                pg.link(raw, chain)
-                record[order] = (chain[0], chain[-1], len(chain))
+        record_heads(raw, records[section], heads)
 
 
 def _free_run(
