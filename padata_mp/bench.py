@@ -408,11 +408,16 @@ def _rounds(
     load: Workload, runs: dict[tuple[str, int], Callable[[], float]], repeat: int, phases: dict
 ) -> dict[tuple[str, int], list[float]]:
     """Every configuration once per round, ``repeat`` rounds, so drift in a shared machine's speed
-    falls on all of them alike; each run from the job's starting state, verified after.  ms."""
+    falls on all of them alike, and each round starting one configuration later, so whatever comes
+    of running after another (caches, the previous verify) does not always fall on the same one.
+    Each run from the job's starting state, verified after.  ms."""
     times: dict[tuple[str, int], list[float]] = {key: [] for key in runs}
+    keys = list(runs)
     for round_ in range(repeat):
         progress(f"round {round_ + 1}/{repeat}: {len(runs)} configurations")
-        for key, run_once in runs.items():
+        shift = round_ % len(keys)
+        for key in keys[shift:] + keys[:shift]:
+            run_once = runs[key]
             load.restore()
             times[key].append(run_once())
             began = time.perf_counter()
