@@ -220,3 +220,20 @@ def test_mapping_bad_input(machine, mapping):
         munmap(mapping, 1.5, 10)
     with Mapping(machine, 10) as unpopulated, pytest.raises(PadataError, match="not populated"):
         munmap(unpopulated, 0, 10)
+
+
+def test_hugetlb_job_is_numa_aware():
+    from padata_mp import Padata
+    from padata_mp.topology import parse_synthetic
+
+    with Padata(topology=parse_synthetic("2x1")) as engine, Machine.create("10G", 2) as machine:
+        engine.attach(*machine.shared_arrays)
+        deferred_init(machine, engine)
+        with HugetlbPool(machine, "2M", {0: 64, 1: 64}) as pool:
+            engine.attach(*pool.shared_arrays)
+            run = hugetlb_alloc(pool, engine)
+            pool.verify()
+        (report,) = run.reports.values()
+        # The job's processes were dealt over both nodes, one from each.
+        node_of = {wid: node for wid, _, node in engine.workers}
+        assert report.nworks == 2 and {node_of[wid] for wid in report.busy_s} == {0, 1}
