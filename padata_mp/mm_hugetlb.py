@@ -46,7 +46,9 @@ class HugetlbPool(BlockOwner):
     """hugetlb's boot-time pool: ``per_node`` huge pages of ``size`` ("2M" or "1G") on each node (an
     int for every node, or ``{node: count}``), allocated after deferred init.
 
-    A NodeWork: run it with ``hugetlb_alloc``.  One numa_aware job over the pool's huge pages, as
+    A NodeWork: run it with ``hugetlb_alloc``.  Closing it unlinks its own shared memory; its huge
+    pages stay allocated (hugetlb never gives boot pages back in this model), and the machine's
+    verify() still counts them as held.  One numa_aware job over the pool's huge pages, as
     hugetlb_pages_alloc_boot() (6.9) runs: helpers dealt round-robin over the nodes.  Huge pages are
     taken as the buddy allocator would: 2 MiB from free order-9 blocks first, then by splitting
     order-10 blocks (an odd count leaves a free order-9 half); 1 GiB from 1 GiB-aligned runs of
@@ -181,13 +183,6 @@ class HugetlbPool(BlockOwner):
             for batch in np.array_split(heads, max(1, (len(heads) << self.order) >> 20)):
                 _check_compound(self.machine.raw, batch, self.order, flags)
         return self.total
-
-    def close(self) -> None:
-        """Unlink the pool's own shared memory and stop counting its pages as held (idempotent);
-        the struct pages stay as they are."""
-        if self in self.machine.users:
-            self.machine.users.remove(self)
-        super().close()
 
 
 def _gigantic_slots(blocks10: np.ndarray) -> np.ndarray:

@@ -175,6 +175,7 @@ class Mapping(BlockOwner):
                 f"asked for {self.pages} pages"
             )
         self.populated = False
+        self._held_after_close: list[tuple[int, int]] | None = None
         self.partial = np.zeros(self.pages // BLOCK, bool)  # blocks partly free: their free blocks listed
         self._blocks = []
         try:
@@ -199,6 +200,8 @@ class Mapping(BlockOwner):
         return self.job_arg.pfns.array
 
     def allocated_ranges(self) -> list[tuple[int, int]]:
+        if self._held_after_close is not None:
+            return self._held_after_close
         mapped = np.sort(self.pfns[self.pfns >= 0])
         if not len(mapped):
             return []
@@ -242,6 +245,13 @@ class Mapping(BlockOwner):
                         pfn=pfn,
                     )
         return len(vpns)
+
+    def close(self) -> None:
+        """Unlink the mapping's own shared memory (idempotent).  Its pages stay mapped, as when a
+        process exits without unmapping them in this model: the machine still counts them held."""
+        if self._blocks and self in self.machine.users:
+            self._held_after_close = self.allocated_ranges()
+        super().close()
 
     def _check_merged(self) -> None:
         """No free block in the mapping's blocks has its buddy free at the same order."""

@@ -237,3 +237,18 @@ def test_hugetlb_job_is_numa_aware():
         # The job's processes were dealt over both nodes, one from each.
         node_of = {wid: node for wid, _, node in engine.workers}
         assert report.nworks == 2 and {node_of[wid] for wid in report.busy_s} == {0, 1}
+
+
+def test_closed_pools_and_mappings_keep_their_pages(engine, machine):
+    with HugetlbPool(machine, "2M", {1: 8}) as pool:
+        engine.attach(*pool.shared_arrays)
+        hugetlb_alloc(pool, engine)
+    with Mapping(machine, 5000, node=1) as mapping:
+        engine.attach(*mapping.shared_arrays)
+        mmap_populate(mapping, engine)
+        munmap(mapping, 100, 50, engine)
+        held = mapping.allocated_ranges()
+    # Their own shared memory is gone; their pages are still held, and the machine still proves.
+    assert mapping.allocated_ranges() == held
+    summary = machine.verify()
+    assert summary.free_pages == summary.deferred_pages - pool.pages - (mapping.pages - 50)
