@@ -199,10 +199,14 @@ def _check_compound(raw: np.ndarray, heads: np.ndarray, order: int, flags: int) 
     is_head, is_first_tail = pfns == head, pfns == head + 1
     lru = pg.lru_address(pfns.astype(np.uint64))
     expect = (
-        np.where(is_head, flags | pg.PG_HEAD, np.where(is_first_tail, flags | order, flags)),
+        np.where(
+            is_head,
+            np.uint64(flags | pg.PG_HEAD),
+            np.where(is_first_tail, np.uint64(flags | order), np.uint64(flags)),
+        ),
         np.where(is_head, lru, pg.page_address(head.astype(np.uint64)) + np.uint64(1)),
         lru,
-        np.where(is_head, 0, pg.TAIL_MAPPING),
+        np.where(is_head, np.uint64(0), np.uint64(pg.TAIL_MAPPING)),
         0,
         0,
         pg.FREE_COUNTS,

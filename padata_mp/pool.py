@@ -617,13 +617,13 @@ def _worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn.send(("ready", os.getpid()))
     while True:
-        if not conn.poll(PARENT_CHECK_S):
-            if not _alive(coordinator):
-                return
-            continue
         try:
+            if not conn.poll(PARENT_CHECK_S):
+                if not _alive(coordinator):
+                    return
+                continue
             message = conn.recv()
-        except EOFError:  # the coordinator is gone
+        except (EOFError, OSError):  # the coordinator is gone (a reset pipe, when it died mid-send)
             return
         kind = message[0]
         if kind == "exit":
