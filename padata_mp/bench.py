@@ -18,12 +18,13 @@ import multiprocessing
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from .mm_hugetlb import HUGE_ORDERS, HugetlbFile, HugetlbPool
 from .mm_mapping import BLOCK, Mapping, Munmap, VfioPin, mmap_populate
 from .mm_pmem import DeviceMemory
 from .pool import Padata
-from .shm import SharedArray
+from .shm import SharedArray, deferred_interrupts
 from .topology import Topology
 
 KERNEL_PERCENTS = (12, 25, 37, 50, 75, 100)  # the series' thread counts, as % of a node's CPUs
@@ -251,20 +252,31 @@ def peer_run(work: NodeWork, nodes: int, threads: int, mapper: Callable, engine:
 
 
 def peers(
-    arrays: tuple[SharedArray, ...], threads: int
-) -> dict[str, tuple[Callable[[list], object], Callable[[], None]]]:
+    arrays: tuple[SharedArray, ...], threads: int, stack: contextlib.ExitStack
+) -> dict[str, Callable[[list], object]]:
     """Each peer set up as a careful user would: the pool made (and its workers attached) before
-    timing, the same chunk function and chunk size.  name -> (mapper, closer)."""
+    timing, the same chunk function and chunk size.  name -> mapper.  Each pool is closed by
+    ``stack``; Ctrl-C is held while they start (a pool interrupted half made leaves workers that
+    nobody stops) and their processes start with it blocked, so they leave it to us."""
+    with deferred_interrupts(), _sigint_blocked():
+        return _start_peers(arrays, threads, stack)
+
+
+def _start_peers(
+    arrays: tuple[SharedArray, ...], threads: int, stack: contextlib.ExitStack
+) -> dict[str, Callable[[list], object]]:
     ctx = multiprocessing.get_context("forkserver")
     pool = ctx.Pool(threads, initializer=attach_in_worker, initargs=(arrays,))
+    stack.callback(pool.terminate)
     ppe = concurrent.futures.ProcessPoolExecutor(
         threads, mp_context=ctx, initializer=attach_in_worker, initargs=(arrays,)
     )
-    tpe = concurrent.futures.ThreadPoolExecutor(threads)
+    stack.callback(ppe.shutdown, cancel_futures=True)
+    tpe = stack.enter_context(concurrent.futures.ThreadPoolExecutor(threads))
     made = {
-        "Pool.map": (lambda tasks: pool.map(_call, tasks, chunksize=1), pool.terminate),
-        "ProcessPoolExecutor": (lambda tasks: list(ppe.map(_call, tasks)), ppe.shutdown),
-        "ThreadPoolExecutor": (lambda tasks: list(tpe.map(_call, tasks)), tpe.shutdown),
+        "Pool.map": lambda tasks: pool.map(_call, tasks, chunksize=1),
+        "ProcessPoolExecutor": lambda tasks: list(ppe.map(_call, tasks)),
+        "ThreadPoolExecutor": lambda tasks: list(tpe.map(_call, tasks)),
     }
     # Warm up: every worker started and attached (pre-faulted) before any timing.
     pool.map(attach_in_worker, [arrays] * threads, chunksize=1)
@@ -273,10 +285,23 @@ def peers(
         import joblib
     except ImportError:
         return made
-    parallel = joblib.Parallel(n_jobs=threads, backend="loky")
+    # As a context manager: its workers and its memmapping folder in /dev/shm go on exit.
+    parallel = stack.enter_context(joblib.Parallel(n_jobs=threads, backend="loky"))
     parallel(joblib.delayed(attach_in_worker)(arrays) for _ in range(4 * threads))
-    made["joblib"] = (lambda tasks: parallel(joblib.delayed(_call)(t) for t in tasks), lambda: None)
+    made["joblib"] = lambda tasks: parallel(joblib.delayed(_call)(t) for t in tasks)
     return made
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT blocked in this thread while it starts processes: they inherit the mask (across exec
+    too, where loky starts fresh interpreters) and leave Ctrl-C to us.  A Ctrl-C meanwhile stays
+    pending until the block ends."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def build_native(source: Path = NATIVE_SOURCE) -> Path | None:
@@ -384,8 +409,8 @@ def _measure(
         binary = build_native()
     elif with_native:
         progress(f"no native reference for --job {load.name}: only deferred init has one")
-    made = {count: peers(load.shared_arrays, count) for count, _ in counts} if with_peers else {}
-    try:
+    with contextlib.ExitStack() as stack:
+        made = {count: peers(load.shared_arrays, count, stack) for count, _ in counts} if with_peers else {}
         runs: dict[tuple[str, int], Callable[[], float]] = {
             ("(0)", 0): lambda: plain_run(load.work, load.nodes)
         }
@@ -395,13 +420,9 @@ def _measure(
             runs[("padata_mp", count)] = lambda c=count: run_work(load.work, load.nodes, engine, c).elapsed_ms
             if binary and load.machine:
                 runs[(NATIVE, count)] = lambda c=count: native_init(binary, load.machine, c)
-            for name, (mapper, _) in made.get(count, {}).items():
+            for name, mapper in made.get(count, {}).items():
                 runs[(name, count)] = lambda c=count, m=mapper: peer_run(load.work, load.nodes, c, m, engine)
         return _rounds(load, runs, repeat, result.phases_s)
-    finally:
-        for pools in made.values():
-            for _, close in pools.values():
-                close()
 
 
 def _rounds(
