@@ -155,7 +155,15 @@ def test_bench_runs_every_kernel_job(tmp_path, job):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 # A 2 GiB and a 1 GiB memmap, which the kernel frees in about 0.6 and 0.3 s of the 2 allowed.
-@pytest.mark.parametrize("command", [["init", "--mem", "128G"], ["bench", "--mem", "64G", "--no-native"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["init", "--mem", "128G"],
+        ["bench", "--mem", "64G", "--no-native"],
+        # A kernel job with the peers' pools starting or running when the signal lands.
+        ["bench", "--job", "munmap", "--mem", "16G", "--peers"],
+    ],
+)
 def test_interrupt_stops_within_2_seconds_and_cleans_up(sig, command):
     before = shm_entries()
     proc = subprocess.Popen(
