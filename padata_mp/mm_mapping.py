@@ -68,7 +68,8 @@ def munmap_chunk(start: int, end: int, job: MapJob) -> None:
 
     A block wholly freed becomes one order-10 block; in a block partly free, the free blocks are
     worked out anew from all its free pages (the old ones were taken off the lists by the
-    coordinator), so a re-run after a helper died gives the same result."""
+    coordinator).  Not idempotent: a block a call freed whole is skipped by a second call, as
+    already free, so the job is not re-run after a helper dies."""
     raw, pfns, records = job.memmap.array, job.pfns.array, job.records.array
     for section in range(start // SECTION, -(-end // SECTION)):
         lo, hi = max(start, section * SECTION), min(end, (section + 1) * SECTION)
@@ -79,7 +80,13 @@ def munmap_chunk(start: int, end: int, job: MapJob) -> None:
 
 
 def _free_run(
-    raw: np.ndarray, pfns: np.ndarray, flags: int, vlo: int, vhi: int, plo: int, heads: dict
+    raw: np.ndarray,
+    pfns: np.ndarray,
+    flags: int,
+    vlo: int,
+    vhi: int,
+    plo: int,
+    heads: dict[int, list[np.ndarray]],
 ) -> None:
     """Free virtual pages [vlo, vhi), backed by pfns from ``plo`` on; add the free blocks they make
     to ``heads`` by order."""
@@ -225,7 +232,7 @@ class Mapping(BlockOwner):
             words = self.machine.raw[pfns]
             lru = pg.lru_address(pfns.astype(np.uint64))
             refs = np.uint64(1) if extra_refs is None else extra_refs[v].astype(np.uint64) + np.uint64(1)
-            counts = (refs << np.uint64(32)) | np.uint64(0)  # _mapcount 0: mapped once
+            counts = refs << np.uint64(32)  # _refcount in the high half; _mapcount 0: mapped once
             expect = (
                 self.job_arg.flags | pg.PG_UPTODATE,
                 lru,
@@ -297,6 +304,10 @@ class Populate:
             raise PadataError("the mapping is populated already")
         free = m.machine.free_heads(m.zone, pg.MAX_ORDER)
         taken = len(m.partial)
+        if taken > len(free):
+            raise ValueError(
+                f"node {m.node} has {len(free)} free 4 MiB blocks left, the mapping needs {taken}"
+            )
         m.job_arg.blocks.array[:] = free[:taken]
         m.machine.relink(m.zone, pg.MAX_ORDER, free[taken:])
         m.machine.users.append(m)
