@@ -196,9 +196,9 @@ class Padata:
         Everything claimed and not in ``not_done`` completed: helpers that did not fail finish the
         chunk they hold before they stop."""
         done = subtract_ranges((job.start, job.end), failure.not_done)
+        payload = pickled_call(undo_job(job, job.start, job.end))  # (undo_fn, fn_arg): one for all
         for start, end in done:
             undo = undo_job(job, start, end)
-            payload = pickled_call(undo)
             _, undo_failure = self._run_range(undo, payload, node, caller_in_worker, start, end, None, [])
             if undo_failure:
                 raise PadataError(
@@ -355,9 +355,8 @@ class Padata:
         """Helpers, and the calling thread if ``caller_works``, claim from the slot's cursor until
         it is empty or aborted.  Returns each one's ``(done, busy_s, failure)`` (None for a helper
         that died), after an abort the range nobody claimed, and the worker id whose chunk failed
-        first (None if none did).  The cursor stays in this frame:
-        errors are raised by callers, so no traceback keeps its lock (a named semaphore) alive
-        after the engine closes."""
+        first (None if none did).  The cursor stays in this frame: errors are raised by callers, so
+        no traceback keeps its lock (a named semaphore) alive after the engine closes."""
         cursor = self._cursors[slot]
         with cursor.get_lock():
             c = cursor.get_obj()
@@ -417,7 +416,7 @@ class Padata:
         dead = [w for w in helpers if results.get(w.wid) is None]
         held = {w.wid: self._held_chunk(w.wid) for w in dead}
         failed = {wid: r[2] for wid, r in results.items() if r is not None and r[2] is not None}
-        lost = merge_ranges([unclaimed] if unclaimed else [])
+        lost = [unclaimed] if unclaimed else []
         lost += [h for h in held.values() if h] + [f[0] for f in failed.values()]
         not_done = merge_ranges(lost + also_not_done)
         if dead:
@@ -595,8 +594,8 @@ def _claim_chunks(cursor: Any, held: Any, index: int, thread_fn: Any, arg: Any) 
             held[slot_start], held[slot_end] = start, end
             release()
             result = thread_fn(start, end, arg)
-            if result is not None and result != 0:
-                raise _error_return(result)
+            if result is not None:
+                _check_result(result)
             held[slot_end] = start
             starts.append(start)
     except BaseException as exc:
@@ -673,13 +672,16 @@ class _ErrorReturn(Exception):
         self.code = code
 
 
-def _error_return(result: object) -> Exception:
-    if isinstance(result, int) and not isinstance(result, bool):
-        return _ErrorReturn(result)
-    return TypeError(
-        "thread_fn must return None or an int error code (padata ignores results), got "
-        f"{type(result).__name__}"
-    )
+def _check_result(result: object) -> None:
+    """What thread_fn returned, when not None: 0 is success, a non-zero int the RFC's error code,
+    anything else a mistake (padata ignores results)."""
+    if result != 0:
+        if isinstance(result, int) and not isinstance(result, bool):
+            raise _ErrorReturn(result)
+        raise TypeError(
+            "thread_fn must return None or an int error code (padata ignores results), got "
+            f"{type(result).__name__}"
+        )
 
 
 def _job_failed(
@@ -709,8 +711,8 @@ def _call(thread_fn: Any, start: int, end: int, arg: Any, also_not_done: list[tu
     began = time.perf_counter()
     try:
         result = thread_fn(start, end, arg)
-        if result is not None and result != 0:
-            raise _error_return(result)
+        if result is not None:
+            _check_result(result)
     except Exception as exc:
         not_done = merge_ranges([(start, end), *also_not_done])
         text = traceback.format_exc()
