@@ -45,9 +45,11 @@ ZONE_DTYPE = np.dtype(
         ("managed_pages", "<i8"),
     ]
 )
-POISON_PAGES = 1 << 22  # 256 MiB of struct pages
 # Per section, what deferred init freed there: the first and last head and the count, per order.
 FIRST, LAST, COUNT = 0, 1, 2
+# A list node's links: words 1 and 2 of a struct page (lru.next, lru.prev), fields of a list head.
+NEXT, PREV = 1, 2
+LIST_HEAD_FIELD = {NEXT: "free_next", PREV: "free_prev"}
 
 
 class VerifyError(PadataError):
@@ -378,18 +380,16 @@ class Machine(BlockOwner):
         """Poison the memmap, then initialise what early boot does: every page outside the deferred
         ranges, and the holes inside them, as reserved pages; their pageblocks MOVABLE."""
         raw = self.raw
-        for start in range(0, self.total_pages, POISON_PAGES):  # in pieces: Ctrl-C is seen between
-            raw[start : start + POISON_PAGES].view(np.uint8).fill(pg.POISON)
+        pg.poison(raw)
         self.pageblocks.fill(pg.POISON)
         early: list[tuple[Zone, int, int]] = []
         for node in self.nodes:
             for zone in node.zones:
                 early.append((zone, zone.start_pfn, zone.first_deferred_pfn))
                 early += [(zone, lo, hi) for lo, hi in self.holes_in_deferred(zone)]
-        reserved = pg.counts_word(pg.MAPCOUNT_NONE, 1)
         for zone, lo, hi in early:
             if lo < hi:
-                pg.init_pages(raw, lo, hi, pg.page_flags(zone.node, zone.zone) | pg.PG_RESERVED, reserved)
+                pg.init_pages(raw, lo, hi, pg.page_flags(zone.node, zone.zone) | pg.PG_RESERVED)
                 first_block = -(-lo // pg.PAGEBLOCK_NR_PAGES)
                 self.pageblocks[first_block : -(-hi // pg.PAGEBLOCK_NR_PAGES)] = pg.MIGRATE_MOVABLE
         zones = self.zones
@@ -420,8 +420,9 @@ class Machine(BlockOwner):
         for order in range(pg.NR_ORDERS):
             used = records[records[:, order, COUNT] > 0, order]
             if len(used):
-                self._append(zone, order, used[:, FIRST], used[:, LAST], int(used[:, COUNT].sum()))
-                pages += int(used[:, COUNT].sum()) << order
+                count = int(used[:, COUNT].sum())
+                self._append(zone, order, used[:, FIRST], used[:, LAST], count)
+                pages += count << order
         return pages
 
     def _append(self, zone: Zone, order: int, firsts: np.ndarray, lasts: np.ndarray, count: int) -> None:
@@ -431,23 +432,18 @@ class Machine(BlockOwner):
         raw[firsts[1:], 2] = pg.lru_address(lasts[:-1].astype(np.uint64))
         tail = int(entry["free_prev"][order])
         raw[firsts[0], 2] = tail
-        self._set_next(zone, order, tail, pg.lru_address(int(firsts[0])))
+        self._set_link(zone, order, tail, NEXT, pg.lru_address(int(firsts[0])))
         raw[lasts[-1], 1] = pg.list_head_address(zone.node, zone.zone, order)
         entry["free_prev"][order] = pg.lru_address(int(lasts[-1]))
         entry["nr_free"][order] += count
 
-    def _set_next(self, zone: Zone, order: int, address: int, value: int) -> None:
-        """Set ``next`` of the list node at ``address``: the list head, or a block's lru."""
+    def _set_link(self, zone: Zone, order: int, address: int, word: int, value: int) -> None:
+        """Set a link (``word`` NEXT or PREV) of the list node at ``address``: the list head in
+        struct zone, or a block's lru in its struct page."""
         if address == pg.list_head_address(zone.node, zone.zone, order):
-            self.zones[zone.node, zone.zone]["free_next"][order] = value
+            self.zones[zone.node, zone.zone][LIST_HEAD_FIELD[word]][order] = value
         else:
-            self.raw[int(pg.lru_pfn(np.uint64(address))), 1] = value
-
-    def _set_prev(self, zone: Zone, order: int, address: int, value: int) -> None:
-        if address == pg.list_head_address(zone.node, zone.zone, order):
-            self.zones[zone.node, zone.zone]["free_prev"][order] = value
-        else:
-            self.raw[int(pg.lru_pfn(np.uint64(address))), 2] = value
+            self.raw[int(pg.lru_pfn(np.uint64(address))), word] = value
 
     def free_heads(self, zone: Zone, order: int) -> np.ndarray:
         """Pfns of the zone's free blocks of ``order``, found by their heads' struct pages.  Only
@@ -474,19 +470,11 @@ class Machine(BlockOwner):
         """Take the free block at ``pfn`` off its list, as del_page_from_free_list(); its head keeps
         its buddy mark for the caller to change."""
         raw = self.raw
-        nxt, prv = int(raw[pfn, 1]), int(raw[pfn, 2])
-        self._set_next(zone, order, prv, nxt)
-        self._set_prev(zone, order, nxt, prv)
+        nxt, prv = int(raw[pfn, NEXT]), int(raw[pfn, PREV])
+        self._set_link(zone, order, prv, NEXT, nxt)
+        self._set_link(zone, order, nxt, PREV, prv)
         raw[pfn, 1] = raw[pfn, 2] = pg.lru_address(pfn)
         self.zones[zone.node, zone.zone]["nr_free"][order] -= 1
-
-    def zone_of(self, pfn: int) -> Zone:
-        """The zone holding ``pfn``."""
-        for node in self.nodes:
-            for zone in node.zones:
-                if zone.start_pfn <= pfn < zone.end_pfn:
-                    return zone
-        raise ValueError(f"pfn {pfn} is outside the machine's {self.total_pages} pages")
 
     @property
     def allocated(self) -> list[tuple[int, int]]:
@@ -501,8 +489,8 @@ class Machine(BlockOwner):
         )
 
     def restore_state(self, state: MachineState) -> None:
-        for start in range(0, self.total_pages, POISON_PAGES):  # in pieces: Ctrl-C is seen between
-            self.raw[start : start + POISON_PAGES] = state.raw[start : start + POISON_PAGES]
+        for start in range(0, self.total_pages, pg.PIECE_PAGES):  # in pieces: Ctrl-C is seen between
+            self.raw[start : start + pg.PIECE_PAGES] = state.raw[start : start + pg.PIECE_PAGES]
         self.pageblocks[:], self.zones[:] = state.pageblocks, state.zones
         self.users, self.initialised = list(state.users), state.initialised
 

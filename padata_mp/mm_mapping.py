@@ -340,13 +340,14 @@ class Munmap:
     def __init__(self, mapping: Mapping, start: int, pages: int):
         _check_range(mapping, start, pages)
         self.mapping, self.start, self.pages = mapping, start, pages
+        self.first_block, self.last_block = start // BLOCK, (start + pages - 1) // BLOCK  # touched
 
     def begin(self, threads: dict[int, int]) -> dict[int, MtJob]:
         m = self.mapping
         _check_populated(m)
         # The free blocks of partly free blocks the job touches come off the lists: the job works
         # out those blocks' free blocks anew.
-        first, last = self.start // BLOCK, (self.start + self.pages - 1) // BLOCK
+        first, last = self.first_block, self.last_block
         for b in (np.flatnonzero(m.partial[first : last + 1]) + first).tolist():
             base = int(m.job_arg.blocks.array[b])
             words = m.machine.raw[base : base + BLOCK]
@@ -367,7 +368,7 @@ class Munmap:
         m = self.mapping
         sections = m.job_arg.records.array[self.start // SECTION : -(-(self.start + self.pages) // SECTION)]
         m.machine.splice_records(m.zone, sections)
-        first, last = self.start // BLOCK, (self.start + self.pages - 1) // BLOCK
+        first, last = self.first_block, self.last_block
         m.partial[first : last + 1] = False
         for b in {first, last}:
             row = m.pfns[b * BLOCK : (b + 1) * BLOCK]
@@ -380,7 +381,8 @@ class Munmap:
 class VfioPin(BlockOwner):
     """VFIO page pinning of virtual pages [start, start + pages) as a NodeWork, with the RFC's undo:
     a chunk meeting an unmapped page returns -EFAULT and the engine unpins every completed chunk,
-    so the machine is left exactly as before."""
+    so the machine is left exactly as before.  ``close()`` unlinks the DMA's pfn list; it does not
+    unpin: call ``unpin`` first."""
 
     bytes_per_page = pg.STRUCT_PAGE_SIZE
 
@@ -447,10 +449,6 @@ class VfioPin(BlockOwner):
         run = run_work(_Unpin(self), self.mapping.node + 1, engine, threads)
         self.pinned = False
         return run
-
-    def close(self) -> None:
-        """Unlink the DMA's pfn list (idempotent).  It does not unpin: call unpin first."""
-        super().close()
 
 
 @dataclass

@@ -22,8 +22,6 @@ from .shm import BlockOwner, SharedArray
 
 PGMAP_ADDRESS = 0xFFFF_8881_0000_0000  # the device's struct dev_pagemap, in the direct map
 DEFAULT_START_PFN = (1 << 40) // pg.PAGE_SIZE  # above 1 TiB of RAM, section aligned
-# MEMORY_DEVICE_FS_DAX pages (pmem) keep the refcount of 1 that __init_single_page gives them.
-DEVICE_COUNTS = pg.counts_word(pg.MAPCOUNT_NONE, 1)
 
 
 @dataclass(frozen=True)
@@ -40,7 +38,8 @@ def device_words(node: int) -> tuple[int, ...]:
     """A device struct page as __init_zone_device_page leaves it: lru.next holds page->pgmap,
     lru.prev page->zone_device_data (NULL)."""
     flags = pg.page_flags(node, pg.ZONE_DEVICE) | pg.PG_RESERVED
-    return (flags, PGMAP_ADDRESS, 0, 0, 0, 0, DEVICE_COUNTS, 0)
+    # MEMORY_DEVICE_FS_DAX pages (pmem) keep the refcount of 1 that __init_single_page gives them.
+    return (flags, PGMAP_ADDRESS, 0, 0, 0, 0, pg.INIT_COUNTS, 0)
 
 
 def init_device_chunk(start: int, end: int, job: DeviceJob) -> None:
@@ -89,8 +88,7 @@ class DeviceMemory(BlockOwner):
 
     def reset(self) -> None:
         """Poison the memmap again (every byte 0xff), as before initialisation."""
-        for lo in range(0, self.pages, 1 << 22):
-            self.memmap[lo : lo + (1 << 22)].view(np.uint8).fill(pg.POISON)
+        pg.poison(self.memmap)
         self._pageblocks.array.fill(pg.POISON)
         self.initialised = False
 

@@ -86,7 +86,7 @@ def _check_early_pages(machine: Machine) -> None:
                     words = machine.raw[start:end]
                     pfns = np.arange(start, end, dtype=np.uint64)
                     self_lru = pg.lru_address(pfns)
-                    expect = (flags, self_lru, self_lru, 0, 0, 0, pg.counts_word(pg.MAPCOUNT_NONE, 1), 0)
+                    expect = (flags, self_lru, self_lru, 0, 0, 0, pg.INIT_COUNTS, 0)
                     _compare(words, start, expect, "a reserved page")
 
 
@@ -101,7 +101,7 @@ def _check_deferred_pages(
         for start in range(lo, hi, BLOCK):
             end = min(start + BLOCK, hi)
             words = machine.raw[start:end]
-            is_head = words[:, 6] == np.uint64(pg.counts_word(pg.MAPCOUNT_BUDDY, 0))
+            is_head = words[:, 6] == np.uint64(pg.BUDDY_COUNTS)
             pfns = np.arange(start, end, dtype=np.uint64)
             self_lru = pg.lru_address(pfns)
             # Heads: their lru is in a free list (checked there) and private holds the order.
@@ -110,8 +110,8 @@ def _check_deferred_pages(
             private = np.where(is_head, np.minimum(words[:, 5], np.uint64(pg.MAX_ORDER)), np.uint64(0))
             counts = np.where(
                 is_head,
-                np.uint64(pg.counts_word(pg.MAPCOUNT_BUDDY, 0)),
-                np.uint64(pg.counts_word(pg.MAPCOUNT_NONE, 0)),
+                np.uint64(pg.BUDDY_COUNTS),
+                np.uint64(pg.FREE_COUNTS),
             )
             _compare(words, start, (flags, lru_next, lru_prev, 0, 0, private, counts, 0), "a free page")
             heads.append(np.flatnonzero(is_head) + start)

@@ -68,6 +68,7 @@ assert PAGE_DTYPE.itemsize == STRUCT_PAGE_SIZE
 
 # Pages per tile: 4096 struct pages are 256 KiB, so a tile and its template fit in a 512 KiB L2.
 TILE = 4096
+PIECE_PAGES = 1 << 22  # 256 MiB of struct pages: long whole-memmap passes go in pieces of this
 
 
 def page_flags(node: int, zone: int) -> int:
@@ -180,6 +181,12 @@ def _free_singles(tile: np.ndarray, pageblocks: np.ndarray, start: int, end: int
     first_block = -(-start // PAGEBLOCK_NR_PAGES)
     last_block = -(-end // PAGEBLOCK_NR_PAGES)
     pageblocks[first_block:last_block] = MIGRATE_MOVABLE
+
+
+def poison(raw: np.ndarray) -> None:
+    """Every byte of the struct pages 0xff, in pieces: Ctrl-C is seen between them."""
+    for start in range(0, len(raw), PIECE_PAGES):
+        raw[start : start + PIECE_PAGES].view(np.uint8).fill(POISON)
 
 
 def fill_pages(raw: np.ndarray, start: int, end: int, words: tuple[int, ...]) -> None:
