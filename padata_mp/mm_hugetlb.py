@@ -17,6 +17,7 @@ from . import pages as pg
 from .errors import PadataError
 from .job import MtJob
 from .mm import Machine, NodeRun, VerifyError, Zone, parse_size, run_work
+from .mm_verify import compare_words
 from .pool import Padata
 from .shm import BlockOwner, SharedArray
 
@@ -212,11 +213,7 @@ def _check_compound(raw: np.ndarray, heads: np.ndarray, order: int, flags: int) 
         pg.FREE_COUNTS,
         0,
     )
-    for w, value in enumerate(expect):
-        bad = np.flatnonzero(words[:, w] != np.asarray(value, dtype=np.uint64))
-        if len(bad):
-            pfn = int(pfns[bad[0]])
-            raise VerifyError(f"pfn {pfn}: word {w} of a huge page is {int(words[bad[0], w]):#x}", pfn=pfn)
+    compare_words(words, pfns, expect, "a huge page")
 
 
 def hugetlb_alloc(pool: HugetlbPool, engine: Padata | None = None, threads: int | None = None) -> NodeRun:

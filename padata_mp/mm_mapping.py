@@ -18,6 +18,7 @@ from . import pages as pg
 from .errors import PadataError
 from .job import MtJob
 from .mm import Machine, NodeRun, VerifyError, record_heads, run_work
+from .mm_verify import compare_words
 from .pool import Padata
 from .shm import BlockOwner, SharedArray
 
@@ -243,14 +244,7 @@ class Mapping(BlockOwner):
                 counts,
                 0,
             )
-            for w, value in enumerate(expect):
-                bad = np.flatnonzero(words[:, w] != np.asarray(value, dtype=np.uint64))
-                if len(bad):
-                    pfn = int(pfns[bad[0]])
-                    raise VerifyError(
-                        f"pfn {pfn} (virtual page {int(v[bad[0]])}): word {w} is {int(words[bad[0], w]):#x}",
-                        pfn=pfn,
-                    )
+            compare_words(words, pfns, expect, "a mapped page")
         return len(vpns)
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ from . import pages as pg
 from .errors import PadataError
 from .job import MtJob
 from .mm import NodeRun, VerifyError, parse_size, run_work
+from .mm_verify import compare_words
 from .pool import Padata
 from .shm import BlockOwner, SharedArray
 
@@ -115,15 +116,9 @@ class DeviceMemory(BlockOwner):
         raise VerifyError naming the first bad pfn.  Returns the pages proven."""
         if not self.initialised:
             raise VerifyError("the device's struct pages have not been initialised")
-        want = np.array(device_words(self.node), np.uint64)
         for lo in range(0, self.pages, 1 << 20):
             words = self.memmap[lo : lo + (1 << 20)]
-            bad = np.flatnonzero((words != want).any(axis=1))
-            if len(bad):
-                index = int(bad[0])
-                field = int(np.flatnonzero(words[index] != want)[0])
-                pfn = self.start_pfn + lo + index
-                raise VerifyError(f"device pfn {pfn}: word {field} is {int(words[index, field]):#x}", pfn=pfn)
+            compare_words(words, self.start_pfn + lo, device_words(self.node), "a device page")
         blocks = np.flatnonzero(self._pageblocks.array != pg.MIGRATE_MOVABLE)
         if len(blocks):
             pfn = self.start_pfn + int(blocks[0]) * pg.PAGEBLOCK_NR_PAGES

@@ -87,7 +87,7 @@ def _check_early_pages(machine: Machine) -> None:
                     pfns = np.arange(start, end, dtype=np.uint64)
                     self_lru = pg.lru_address(pfns)
                     expect = (flags, self_lru, self_lru, 0, 0, 0, pg.INIT_COUNTS, 0)
-                    _compare(words, start, expect, "a reserved page")
+                    compare_words(words, start, expect, "a reserved page")
 
 
 def _check_deferred_pages(
@@ -113,7 +113,7 @@ def _check_deferred_pages(
                 np.uint64(pg.BUDDY_COUNTS),
                 np.uint64(pg.FREE_COUNTS),
             )
-            _compare(words, start, (flags, lru_next, lru_prev, 0, 0, private, counts, 0), "a free page")
+            compare_words(words, start, (flags, lru_next, lru_prev, 0, 0, private, counts, 0), "a free page")
             heads.append(np.flatnonzero(is_head) + start)
             orders.append(words[is_head, 5].astype(np.int64))
     if not heads:
@@ -121,15 +121,17 @@ def _check_deferred_pages(
     return np.concatenate(heads), np.concatenate(orders)
 
 
-def _compare(words: np.ndarray, start: int, expect: tuple, what: str) -> None:
-    """Raise at the first pfn whose word differs from ``expect`` (scalars or arrays per word)."""
+def compare_words(words: np.ndarray, pfns: int | np.ndarray, expect: tuple, what: str) -> None:
+    """Raise VerifyError at the first struct page whose word differs from ``expect`` (a scalar or
+    an array per word).  ``pfns``: the pfn of each row of ``words``, or the first of consecutive
+    rows; ``what`` names the kind of page that should have the expected words."""
     first_bad, bad_word = None, None
     for w, value in enumerate(expect):
         wrong = np.flatnonzero(words[:, w] != np.asarray(value, dtype=np.uint64))
         if len(wrong) and (first_bad is None or wrong[0] < first_bad):
             first_bad, bad_word = int(wrong[0]), w
     if first_bad is not None:
-        pfn = start + first_bad
+        pfn = int(pfns[first_bad]) if isinstance(pfns, np.ndarray) else pfns + first_bad
         got = int(words[first_bad, bad_word])
         want = int(np.broadcast_to(np.asarray(expect[bad_word], dtype=np.uint64), (len(words),))[first_bad])
         raise VerifyError(
