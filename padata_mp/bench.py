@@ -33,7 +33,16 @@ import numpy as np
 
 from . import pages as pg
 from .job import MtJob, claim_sequence, plan
-from .mm import DeferredInitWork, Machine, NodeWork, deferred_init, node_threads, parse_size, run_work
+from .mm import (
+    DeferredInitWork,
+    Machine,
+    MachineState,
+    NodeWork,
+    deferred_init,
+    node_threads,
+    parse_size,
+    run_work,
+)
 from .mm_hugetlb import HUGE_ORDERS, HugetlbFile, HugetlbPool
 from .mm_mapping import BLOCK, Mapping, Munmap, VfioPin, mmap_populate
 from .mm_pmem import DeviceMemory
@@ -173,7 +182,7 @@ def workload(
     return Workload(job, work, nodes, restore, arrays, memmap, per_node, machine)
 
 
-def _restore(machine: Machine, state: Any, then: Callable[[], None]) -> Callable[[], None]:
+def _restore(machine: Machine, state: MachineState, then: Callable[[], None]) -> Callable[[], None]:
     def restore() -> None:
         machine.restore_state(state)
         then()
@@ -350,9 +359,8 @@ def run(
     job: str = "init",
 ) -> Result:
     """Measure everything for ``job`` in one run; raise if any run fails to verify.  ``mem`` None:
-    the job's default (64G of simulated memory; a 2G file for fallocate)."""
-    if job not in JOBS:
-        raise ValueError(f"job must be one of {', '.join(JOBS)}, got {job!r}")
+    the job's default (64G of simulated memory; a 2G file for fallocate).  An unknown job is a
+    ValueError from ``create``, before any process starts."""
     mem = mem or DEFAULT_MEM.get(job, "64G")
     node_cpus = min(len(n.cpus) for n in topology.nodes_with_cpus)
     counts = thread_counts(node_cpus, threads)
