@@ -152,12 +152,13 @@ def workload(
         size = [base.pages * pg.PAGE_SIZE]
         return Workload(job, base, 1, base.reset, base.shared_arrays, base.shared_arrays[0], size)
     machine = base
-    engine.attach(*machine.shared_arrays)
     per_node = [(n.end_pfn - n.start_pfn) * pg.PAGE_SIZE for n in machine.nodes]
     memmap, nodes = machine.shared_arrays[0], len(machine.nodes)
-    if job == "init":
+    if job == "init":  # attached by the caller, in its timed attach phase
         work = DeferredInitWork(machine)
         return Workload(job, work, nodes, machine.reset, machine.shared_arrays, memmap, per_node, machine)
+    # The later jobs start after deferred init: the machine's attach falls in their set-up.
+    engine.attach(*machine.shared_arrays)
     deferred_init(machine, engine)
     work: Any
     if job.startswith("hugetlb"):
