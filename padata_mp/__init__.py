@@ -10,7 +10,7 @@ with Padata() as engine, SharedArray.create(1 << 20) as block:
                                   max_threads=4))
 """
 
-from .errors import JobFailedError, PadataError, ShmSpaceError, WorkerDiedError
+from .errors import EngineClosedError, JobFailedError, PadataError, ShmSpaceError, WorkerDiedError
 from .job import MtJob, Plan, plan
 from .pool import CALLER, JobReport, Padata, default_engine, do_multithreaded
 from .shm import SharedArray
@@ -18,6 +18,7 @@ from .topology import Node, Topology, read_topology, synthetic
 
 __all__ = [
     "CALLER",
+    "EngineClosedError",
     "JobFailedError",
     "JobReport",
     "MtJob",

@@ -15,14 +15,16 @@ class JobFailedError(PadataError):
     ``error`` is the code returned, None when it raised; then ``__cause__`` is the original
     exception (rebuilt from the worker when it could be pickled) and the message carries the remote
     traceback.  ``not_done`` lists the ranges whose calls did not complete (the failing chunk
-    included).  For a job with an ``undo_fn``, ``undone`` lists the ranges it was called on: every
-    range that had completed, so the job's effects are gone."""
+    included).  ``chunk`` is the failing call's range, or None when thread_fn and fn_arg could not
+    even be loaded in the worker (then it ran nothing there).  For a job with an ``undo_fn``,
+    ``undone`` lists the ranges it was called on: every range that had completed, so the job's
+    effects are gone."""
 
     def __init__(
         self,
         message: str,
         *,
-        chunk: tuple[int, int],
+        chunk: tuple[int, int] | None,
         worker: int,
         not_done: Ranges,
         error: int | None = None,
@@ -57,6 +59,15 @@ class WorkerDiedError(PadataError):
         self.chunk = chunk
         self.not_done = not_done
         self.undone: Ranges = []
+
+
+class EngineClosedError(PadataError):
+    """The engine was closed while the job ran: its helpers were stopped.  ``not_done`` lists the
+    ranges left undone."""
+
+    def __init__(self, message: str, *, not_done: Ranges):
+        super().__init__(message)
+        self.not_done = not_done
 
 
 class ShmSpaceError(PadataError):
