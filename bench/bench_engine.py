@@ -7,7 +7,7 @@ import pytest
 from padata_mp import MtJob, Padata, SharedArray
 from padata_mp.job import claim_sequence, plan
 
-from .engine_overhead import nothing
+from .noop import nothing
 
 
 @pytest.fixture(scope="module")

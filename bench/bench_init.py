@@ -4,6 +4,7 @@ import pytest
 
 from padata_mp import Padata
 from padata_mp.mm import Machine, deferred_init, init_chunk
+from padata_mp.mm.deferred import zone_job
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +15,7 @@ def machine():
 
 def test_init_chunk_one_process(benchmark, machine):
     zone = machine.nodes[0].highest_zone
-    job = machine.zone_job(zone)
+    job = zone_job(machine, zone)
     benchmark(init_chunk, zone.first_deferred_pfn, zone.end_pfn, job)
 
 

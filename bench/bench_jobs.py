@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from padata_mp import Padata
-from padata_mp import pages as pg
 from padata_mp.mm import Machine, deferred_init
-from padata_mp.mm_mapping import Mapping, VfioPin, mmap_populate, munmap_chunk, pin_chunk, unpin_chunk
+from padata_mp.mm import pages as pg
+from padata_mp.mm.mapping import Mapping, VfioPin, mmap_populate, munmap_chunk, pin_chunk, unpin_chunk
 
 HUGE = 1 << 20  # pages of huge pages prepared per round
 

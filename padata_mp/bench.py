@@ -14,6 +14,8 @@ import concurrent.futures
 import contextlib
 import csv
 import ctypes
+import hashlib
+import importlib.resources
 import multiprocessing
 import os
 import platform
@@ -31,27 +33,23 @@ from typing import Any
 
 import numpy as np
 
-from . import pages as pg
+from .errors import BadValueError
 from .job import MtJob, claim_sequence, plan
-from .mm import (
-    DeferredInitWork,
-    Machine,
-    MachineState,
-    NodeWork,
-    deferred_init,
-    node_threads,
-    parse_size,
-    run_work,
-)
-from .mm_hugetlb import HUGE_ORDERS, HugetlbFile, HugetlbPool
-from .mm_mapping import BLOCK, Mapping, Munmap, VfioPin, mmap_populate
-from .mm_pmem import DeviceMemory
+from .mm import pages as pg
+from .mm.deferred import DeferredInitWork, deferred_init, splice_all
+from .mm.hugetlb import HUGE_ORDERS, HugetlbFile, HugetlbPool
+from .mm.machine import Machine, MachineState
+from .mm.mapping import BLOCK, Mapping, Munmap, VfioPin, mmap_populate
+from .mm.pmem import DeviceMemory
+from .mm.runner import NodeWork, node_threads, run_work
+from .mm.sizes import parse_size
 from .pool import Padata
+from .ranges import ceil_div
 from .shm import SharedArray, deferred_interrupts
 from .topology import Topology
 
 KERNEL_PERCENTS = (12, 25, 37, 50, 75, 100)  # the series' thread counts, as % of a node's CPUs
-NATIVE_SOURCE = Path(__file__).resolve().parent.parent / "bench" / "deferred_init.c"
+NATIVE_SOURCE = "deferred_init.c"  # in padata_mp/native, shipped with the package
 CEILING_REPEAT = 3  # STREAM reports the best of several runs
 NATIVE = "native (C, pthreads)"
 STORE_VALUE = 0x5A  # never benchmark stores of zero: memset has a faster path for it
@@ -122,21 +120,24 @@ class Workload:
     machine: Machine | None = None  # for the native reference of deferred init
 
 
-def create(job: str, mem: str | int, nodes: int | str) -> Machine | DeviceMemory | HugetlbFile:
-    """The shared memory ``job`` works on: a simulated machine, a pmem device or a hugetlbfs file.
-    Every size check happens here, before any process starts."""
+def create(
+    job: str, mem: str | int, nodes: int | str, topology: Topology | None = None
+) -> Machine | DeviceMemory | HugetlbFile:
+    """The shared memory ``job`` works on: a simulated machine (``nodes`` "auto": one per node of
+    ``topology``), a pmem device or a hugetlbfs file.  Every size check happens here, before any
+    process starts."""
     if job not in JOBS:
-        raise ValueError(f"job must be one of {', '.join(JOBS)}, got {job!r}")
+        raise BadValueError(f"job must be one of {', '.join(JOBS)}, got {job!r}")
     if job == "pmem":
         return DeviceMemory(mem)
     if job == "fallocate":
         return HugetlbFile(mem)
-    machine = Machine.create(mem, nodes)
+    machine = Machine.create(mem, nodes, topology=topology)
     gig = 1 << HUGE_ORDERS["1G"]
     zones = [n.highest_zone for n in machine.nodes]
-    if job == "hugetlb-1g" and not any(z.end_pfn // gig > -(-z.first_deferred_pfn // gig) for z in zones):
+    if job == "hugetlb-1g" and not any(z.end_pfn // gig > ceil_div(z.first_deferred_pfn, gig) for z in zones):
         machine.close()
-        raise ValueError(
+        raise BadValueError(
             f"--mem {mem} leaves no whole, aligned GiB of deferred memory on any node for a 1 GiB page"
         )
     return machine
@@ -163,19 +164,19 @@ def workload(
     work: Any
     if job.startswith("hugetlb"):
         size = "1G" if job == "hugetlb-1g" else "2M"
-        rooms = {n.node: -(-HugetlbPool.room(machine, size, n.node) // 2) for n in machine.nodes}
+        rooms = {n.node: ceil_div(HugetlbPool.room(machine, size, n.node), 2) for n in machine.nodes}
         work = stack.enter_context(HugetlbPool(machine, size, rooms))
         restore = _restore(machine, machine.save_state(), work.reset)
         arrays = machine.shared_arrays + work.shared_arrays
     else:
-        free = len(machine.free_heads(machine.nodes[0].highest_zone, pg.MAX_ORDER))
+        free = len(machine.free_lists.free_heads(machine.nodes[0].highest_zone, pg.MAX_ORDER))
         mapping = stack.enter_context(Mapping(machine, free // 2 * BLOCK))
         engine.attach(*mapping.shared_arrays)
         mmap_populate(mapping, engine)
         state, pfns = machine.save_state(), mapping.pfns.copy()
         if job == "munmap":
             work = Munmap(mapping, 0, mapping.pages)
-            restore = _restore(machine, state, lambda: _remap(mapping, pfns))
+            restore = _restore(machine, state, lambda: mapping.reset(pfns))
         else:
             work = stack.enter_context(VfioPin(mapping, 0, mapping.pages))
             restore = _restore(machine, state, work.reset)
@@ -189,11 +190,6 @@ def _restore(machine: Machine, state: MachineState, then: Callable[[], None]) ->
         then()
 
     return restore
-
-
-def _remap(mapping: Mapping, pfns: np.ndarray) -> None:
-    mapping.pfns[:] = pfns
-    mapping.partial[:] = False
 
 
 def plain_run(work: NodeWork, nodes: int) -> float:
@@ -248,7 +244,7 @@ def peer_run(work: NodeWork, nodes: int, threads: int, mapper: Callable, engine:
     """The job with the same chunks (the kernel's chunk size for ``threads``) through a peer's map;
     the coordinator's part before and after as padata_mp runs it.  ms."""
     began = time.perf_counter()
-    jobs = work.begin(node_threads(engine, nodes, threads))
+    jobs = work.begin(node_threads(engine, range(nodes), threads))
     mapper(
         [
             (job.thread_fn, s, e, job.fn_arg)
@@ -314,14 +310,33 @@ def _sigint_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
-def build_native(source: Path = NATIVE_SOURCE) -> Path | None:
-    """Compile the native reference; None (and why, on stderr) without a compiler or source."""
+def build_native(source: str = NATIVE_SOURCE) -> Path | None:
+    """The native reference, compiled once per version of its source into the user's cache (an
+    atomic rename, so runs at once are safe); None, and why in one line on stderr, where no
+    compiler is found or it fails."""
+    code = importlib.resources.files("padata_mp").joinpath("native", source).read_bytes()
     compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
-    if compiler is None or not source.exists():
-        progress(f"native reference skipped: {'no C compiler' if compiler is None else f'no {source}'}")
+    if compiler is None:
+        progress("native reference skipped: no C compiler (set CC, or install gcc)")
         return None
-    binary = Path(tempfile.gettempdir()) / f"padata_mp_native_{os.getuid()}"
-    subprocess.run([compiler, "-O2", "-pthread", "-o", str(binary), str(source)], check=True)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "padata_mp"
+    binary = cache / f"{Path(source).stem}-{hashlib.sha256(code).hexdigest()[:16]}"
+    if binary.exists():
+        return binary
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as work:
+        src = Path(work) / source
+        src.write_bytes(code)
+        built = subprocess.run(
+            [compiler, "-O2", "-pthread", "-o", str(Path(work) / "out"), str(src)],
+            capture_output=True,
+            text=True,
+        )
+        if built.returncode != 0:
+            why = (built.stderr.strip().splitlines() or [f"exit status {built.returncode}"])[-1]
+            progress(f"native reference skipped: {compiler} failed: {why}")
+            return None
+        os.replace(Path(work) / "out", binary)
     return binary
 
 
@@ -342,7 +357,7 @@ def native_init(binary: Path, machine: Machine, threads: int) -> float:
     ).stdout
     ns = int(out.split("total")[1])
     began = time.perf_counter()
-    machine.splice_all()
+    splice_all(machine)
     return ns / 1e6 + (time.perf_counter() - began) * 1e3
 
 
@@ -374,7 +389,7 @@ def run(
     began = time.perf_counter()
     # The blocks first: their checks (sizes, nodes, room in /dev/shm) come before any process starts.
     with contextlib.ExitStack() as stack:
-        base = stack.enter_context(create(job, mem, nodes))
+        base = stack.enter_context(create(job, mem, nodes, topology))
         progress(f"preparing {JOBS[job]} on {parse_size(mem) / 2**30:g} GiB")
         engine = stack.enter_context(Padata(workers, topology=topology))
         result.machine["start_method"] = engine.start_method
@@ -426,7 +441,9 @@ def _measure(
         for count, _ in counts:
             progress(f"ceiling, {count} thread(s) per node")
             result.ceiling_gbps[count] = ceiling(engine, load.written, count * busy_nodes)
-            runs[("padata_mp", count)] = lambda c=count: run_work(load.work, load.nodes, engine, c).elapsed_ms
+            runs[("padata_mp", count)] = lambda c=count: (
+                run_work(load.work, range(load.nodes), engine, c).elapsed_ms
+            )
             if binary and load.machine:
                 runs[(NATIVE, count)] = lambda c=count: native_init(binary, load.machine, c)
             for name, mapper in made.get(count, {}).items():

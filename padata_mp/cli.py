@@ -14,7 +14,8 @@ import sys
 import time
 from collections.abc import Iterator
 
-from .errors import PadataError
+from . import __version__
+from .errors import BadTypeError, BadValueError, PadataError, ShmSpaceError
 from .topology import Topology, describe, parse_synthetic, read_topology
 
 
@@ -42,7 +43,7 @@ def _size(text: str) -> int:
 
     try:
         return parse_size(text)
-    except ValueError as exc:
+    except (BadValueError, BadTypeError) as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
@@ -56,14 +57,22 @@ def _thread_list(text: str) -> list[int]:
 
 def _output(path: str) -> str:
     """An output path, checked writable now so a long run does not fail at its end."""
+    if path == "-":
+        return path
     target = os.path.abspath(path)
     parent = os.path.dirname(target)
     if os.path.isdir(target):
         raise argparse.ArgumentTypeError(f"cannot write {path!r}: it is a folder; name a file")
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
         raise argparse.ArgumentTypeError(f"cannot write {path!r}: its folder is missing or not writable")
-    if os.path.exists(target) and not os.access(target, os.W_OK):
-        raise argparse.ArgumentTypeError(f"cannot write {path!r}: the file is not writable")
+    existed = os.path.exists(target)
+    try:  # the one sure test, where root passes every access() check (a /proc file, say)
+        with open(target, "a"):
+            pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot write {path!r}: {exc.strerror}") from None
+    if not existed:
+        os.unlink(target)
     return path
 
 
@@ -76,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import JOBS
 
     parser = _Parser(prog="padata-mp", description="padata's multithreaded jobs on a process pool")
+    parser.add_argument("--version", action="version", version=f"padata-mp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     topo = sub.add_parser("topology", help="print the NUMA nodes, CPUs and memory the engine will use")
     topo.add_argument("--sysfs", default="/sys", help="sysfs root to read (default /sys)")
@@ -142,12 +152,19 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     topology = _topology(args)
     began = time.perf_counter()
+    status(f"creating a {args.mem / 2**30:g} GiB machine (its memmap, early boot)")
     # The machine first: its checks (nodes, room in /dev/shm) come before any process starts.
-    with Machine.create(args.mem, args.nodes) as machine, Padata(topology=topology) as engine:
+    with (
+        Machine.create(args.mem, args.nodes, topology=topology) as machine,
+        Padata(topology=topology) as engine,
+    ):
         created = time.perf_counter() - began
-        print(machine.describe())
+        status("attaching the workers")
         engine.attach(*machine.shared_arrays)
-        result = deferred_init(machine, engine, args.threads)
+        shown = (lambda done: status(f"deferred init {done:.0%}")) if sys.stderr.isatty() else None
+        result = deferred_init(machine, engine, args.threads, shown)
+        status("")
+        print(machine.describe())
         for node, ms in sorted(result.node_ms.items()):
             print(f"node {node} deferred pages initialised in {round(ms)}ms")
         rate = result.pages / (result.elapsed_ms / 1e3) if result.elapsed_ms else 0.0
@@ -185,8 +202,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     result = bench.run(
         args.mem, args.nodes, topology, threads, args.repeat, args.peers, args.native, args.job
     )
-    print(bench.table(result))
-    if args.json:
+    # With --json -, standard output carries the JSON alone and the table goes to stderr.
+    print(bench.table(result), file=sys.stderr if args.json == "-" else sys.stdout)
+    if args.json == "-":
+        json.dump(bench.to_json(result), sys.stdout, indent=2)
+        print()
+    elif args.json:
         with open(args.json, "w") as f:
             json.dump(bench.to_json(result), f, indent=2)
     if args.csv:
@@ -194,6 +215,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.plot:
         bench.plot(result, args.plot)
     return 0
+
+
+def status(text: str) -> None:
+    """What a long run is doing, on one line of stderr rewritten in place; only on a terminal."""
+    if sys.stderr.isatty():
+        print(f"\r\033[K{text and 'padata-mp: ' + text}", end="", file=sys.stderr, flush=True)
 
 
 COMMANDS = {"topology": cmd_topology, "init": cmd_init, "bench": cmd_bench}
@@ -218,9 +245,15 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         with _sigterm_as_interrupt():
             return COMMANDS[args.command](args)
-    except (UsageError, ValueError, TypeError, PadataError) as exc:
+    except (UsageError, BadValueError, BadTypeError, ShmSpaceError) as exc:  # bad input, before any work
         print(f"padata-mp: error: {exc}".splitlines()[0], file=sys.stderr)
         return 2
+    except PadataError as exc:  # a failed proof or job: not the input's fault
+        print(f"padata-mp: {exc}".splitlines()[0], file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("padata-mp: interrupted, cleaned up", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (| head): quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141

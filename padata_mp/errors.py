@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-Ranges = list[tuple[int, int]]
+from .ranges import Ranges
 
 
 class PadataError(Exception):
     """Base class of every error padata_mp raises on its own account."""
+
+
+class BadValueError(ValueError):
+    """An argument's value is out of range; the message names it and what to give instead."""
+
+
+class BadTypeError(TypeError):
+    """An argument is of the wrong type; the message names it and what to give instead."""
 
 
 class JobFailedError(PadataError):
@@ -72,26 +80,3 @@ class EngineClosedError(PadataError):
 
 class ShmSpaceError(PadataError):
     """/dev/shm has no room for a block; raised before the block exists, instead of a SIGBUS later."""
-
-
-def merge_ranges(ranges: Ranges) -> Ranges:
-    """Sorted, non-empty, with touching or overlapping ranges joined."""
-    merged: Ranges = []
-    for start, end in sorted(r for r in ranges if r[1] > r[0]):
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-        else:
-            merged.append((start, end))
-    return merged
-
-
-def subtract_ranges(whole: tuple[int, int], ranges: Ranges) -> Ranges:
-    """``whole`` less ``ranges``: sorted, non-empty."""
-    left, at = [], whole[0]
-    for start, end in merge_ranges(ranges):
-        if start > at:
-            left.append((at, min(start, whole[1])))
-        at = max(at, end)
-    if at < whole[1]:
-        left.append((at, whole[1]))
-    return [(s, e) for s, e in left if e > s]

@@ -6,10 +6,17 @@ run it so it can be tested and reused on its own.
 
 from __future__ import annotations
 
+import io
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import cloudpickle
+
+from .checks import flag, integer, require
+from .errors import BadTypeError
+from .ranges import roundup
 
 # "In case threads finish at different times": each process gets about this many chunks.
 LOAD_BALANCE_FACTOR = 4
@@ -38,8 +45,9 @@ class MtJob:
     ``undo_fn`` (the RFC's), a failure stops the job and ``undo_fn(start, end, fn_arg)`` is called,
     in parallel, on every range that had completed; the error then reports the first failure.
 
-    The job is checked when it is built: bad values raise ValueError or TypeError here, before any
-    work starts.
+    The job is checked when it is built, before any work starts: a bad value raises BadValueError
+    (a ValueError), a wrong type BadTypeError (a TypeError).  Integers may be numpy integers (they
+    are stored as ints), never bools; ``numa_aware`` and ``retry`` are bools.
     """
 
     thread_fn: ThreadFn
@@ -55,19 +63,15 @@ class MtJob:
 
     def __post_init__(self) -> None:
         if not callable(self.thread_fn):
-            raise TypeError(f"thread_fn must be callable, got {type(self.thread_fn).__name__}")
+            raise BadTypeError(f"thread_fn must be callable, got {type(self.thread_fn).__name__}")
         if self.undo_fn is not None and not callable(self.undo_fn):
-            raise TypeError(f"undo_fn must be callable or None, got {type(self.undo_fn).__name__}")
-        for name in ("start", "size", "align", "min_chunk", "max_threads"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-        _require(self.start >= 0, f"start must be >= 0, got {self.start}")
-        _require(self.size >= 0, f"size must be >= 0, got {self.size}")
-        _require(self.align >= 1, f"align must be >= 1, got {self.align}")
-        _require(self.min_chunk >= 0, f"min_chunk must be >= 0, got {self.min_chunk}")
-        _require(self.max_threads >= 1, f"max_threads must be >= 1, got {self.max_threads}")
-        _require(
+            raise BadTypeError(f"undo_fn must be callable or None, got {type(self.undo_fn).__name__}")
+        least = {"start": 0, "size": 0, "align": 1, "min_chunk": 0, "max_threads": 1}
+        for name, minimum in least.items():  # numpy integers become ints: the cursor is a C int64
+            object.__setattr__(self, name, integer(name, getattr(self, name), minimum, MAX_INDEX))
+        for name in ("numa_aware", "retry"):
+            flag(name, getattr(self, name))
+        require(
             self.start + self.size <= MAX_INDEX,
             f"start + size must be at most 2**63 - 1, got {self.start + self.size}",
         )
@@ -75,11 +79,6 @@ class MtJob:
     @property
     def end(self) -> int:
         return self.start + self.size
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
 
 
 @dataclass(frozen=True)
@@ -107,8 +106,8 @@ def plan(job: MtJob, workers: int | None = None, *, load_balance_factor: int = L
     ``workers=None`` means as many as the job asks for.  Fewer workers than the kernel's nworks is
     legal; chunks then grow so each process still gets about ``load_balance_factor`` of them.
     """
-    if workers is not None and workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+    if workers is not None:
+        workers = integer("workers", workers, 1)
     if job.size == 0:
         return Plan(nworks=0, chunk_size=0)
     nworks = kernel_nworks(job)
@@ -127,10 +126,6 @@ def chunk_size(job: MtJob, nworks: int, load_balance_factor: int = LOAD_BALANCE_
     # comes before the roundup so chunks stay aligned.
     size = max(size, 1)
     return roundup(size, job.align)
-
-
-def roundup(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
 
 
 def next_chunk(start: int, size: int, chunk_size: int) -> int:
@@ -166,14 +161,48 @@ def undo_job(job: MtJob, start: int, end: int) -> MtJob:
 
 
 def pickled_call(job: MtJob) -> bytes:
-    """``(thread_fn, fn_arg)`` as the bytes sent to every helper; TypeError if they cannot go
-    (undo_fn too, checked now so a job cannot fail to undo for want of pickling)."""
+    """``(thread_fn, fn_arg)`` as the bytes sent to every helper (undo_fn is checked now too, so a
+    job cannot fail to undo for want of pickling).
+
+    What pickles by reference (module-level functions of importable modules, plain data) does;
+    what a worker could not import - functions and classes of ``__main__`` (a script, a notebook,
+    ``python -c``), lambdas, closures, nested functions - travels by value with cloudpickle.
+    BadTypeError names what cannot travel at all (an open file, a lock, a generator)."""
+    if job.undo_fn is not None:
+        _dumps("undo_fn", job.undo_fn)
     try:
-        if job.undo_fn is not None:
-            pickle.dumps(job.undo_fn, protocol=pickle.HIGHEST_PROTOCOL)
-        return pickle.dumps((job.thread_fn, job.fn_arg), protocol=pickle.HIGHEST_PROTOCOL)
+        return _dumps("thread_fn and fn_arg", (job.thread_fn, job.fn_arg))
+    except BadTypeError:
+        _dumps("thread_fn", job.thread_fn)  # say which of the two it is
+        _dumps("fn_arg", job.fn_arg)
+        raise
+
+
+class _ByValue(cloudpickle.Pickler):
+    """cloudpickle, less its copying of files open for reading: a worker would get a snapshot of
+    the contents, not the file."""
+
+    def reducer_override(self, obj: object) -> object:
+        if isinstance(obj, io.IOBase):
+            raise pickle.PicklingError(f"cannot send an open file ({obj!r})")
+        return super().reducer_override(obj)
+
+
+def _dumps(name: str, obj: object) -> bytes:
+    try:
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        # A reference into __main__ would not load in a worker, whose main module is another one.
+        if b"__main__" not in data:
+            return data
+    except Exception:  # a lambda, a closure, a local object: by value below
+        pass
+    try:
+        out = io.BytesIO()
+        _ByValue(out, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+        return out.getvalue()
     except Exception as exc:
-        raise TypeError(
-            "thread_fn, undo_fn and fn_arg must be picklable so worker processes can receive them "
-            f"(use a module-level function, not a lambda or closure): {exc}"
+        raise BadTypeError(
+            f"{name} cannot be sent to the worker processes: {exc}. Pass what a worker needs to make "
+            "it again instead (a path rather than an open file, a SharedArray rather than a lock or "
+            "a generator, plain data)"
         ) from exc

@@ -32,19 +32,22 @@ import multiprocessing.connection
 import multiprocessing.forkserver
 import os
 import signal
+import sys
 import threading
 import time
-from concurrent.futures import Future
 
 import numpy as np
 
 from . import shm
-from .errors import JobFailedError, PadataError, Ranges, WorkerDiedError
+from .checks import integer
+from .errors import BadTypeError, BadValueError, JobFailedError, PadataError, WorkerDiedError
 from .job import LOAD_BALANCE_FACTOR, MtJob, kernel_nworks, pickled_call, plan
+from .ranges import Ranges
 from .running import (
     CALLER,
     DRAIN_TIMEOUT_S,
     Helper,
+    JobFuture,
     JobReport,
     RunningJob,
     call_in_caller,
@@ -85,24 +88,28 @@ class Padata:
         load_balance_factor: int = LOAD_BALANCE_FACTOR,
         reply_timeout: float = REPLY_TIMEOUT_S,
     ):
+        if not sys.platform.startswith("linux"):
+            raise PadataError(
+                f"padata_mp runs on Linux only (sched_setaffinity, /dev/shm, MADV_POPULATE_WRITE); "
+                f"this is {sys.platform}"
+            )
         self.topology = topology or read_topology()
-        if workers is not None and (not isinstance(workers, int) or workers < 1):
-            raise ValueError(f"workers must be an int >= 1, got {workers!r}")
-        if not isinstance(load_balance_factor, int) or load_balance_factor < 1:
-            raise ValueError(f"load_balance_factor must be an int >= 1, got {load_balance_factor!r}")
+        if workers is not None:
+            workers = integer("workers", workers, 1)
+        load_balance_factor = integer("load_balance_factor", load_balance_factor, 1)
         if (
             isinstance(reply_timeout, bool)
             or not isinstance(reply_timeout, int | float)
             or reply_timeout <= 0
         ):
-            raise ValueError(f"reply_timeout must be a number of seconds > 0, got {reply_timeout!r}")
+            raise BadValueError(f"reply_timeout must be a number of seconds > 0, got {reply_timeout!r}")
         self.load_balance_factor = load_balance_factor
         self.reply_timeout = float(reply_timeout)
         self._cap_to_cpus = workers is None
         nworkers = self.topology.default_workers() if workers is None else workers
         method = start_method or "forkserver"
         if method not in multiprocessing.get_all_start_methods():
-            raise ValueError(
+            raise BadValueError(
                 f"start_method must be one of {multiprocessing.get_all_start_methods()}, got {method!r}"
             )
         self.start_method = method
@@ -118,7 +125,10 @@ class Padata:
         self._rr_node = 0  # numa_aware round-robin position, kept across jobs as the kernel does
         self._generations = itertools.count(1)  # worker.STOPPED (0) is never a job's
         self._running: set[RunningJob] = set()
-        self._cursors = [self._ctx.Value(Cursor, lock=self._ctx.Lock()) for _ in range(nworkers)]
+        # Ctrl-C waits while the cursors' locks are made: one landing between a named semaphore's
+        # creation and its finaliser's would leave it for the resource tracker to find leaked.
+        with shm.deferred_interrupts():
+            self._cursors = [self._ctx.Value(Cursor, lock=self._ctx.Lock()) for _ in range(nworkers)]
         # Chunk each claimant holds now, (start, end), end == start when none: workers, then the
         # callers of each slot.
         self._held = self._ctx.RawArray(ctypes.c_int64, 2 * 2 * nworkers)
@@ -154,21 +164,24 @@ class Padata:
         """
         return self._do(job, node, caller_in_worker=False)
 
-    def submit(self, job: MtJob, node: int | None = None) -> Future:
+    def submit(self, job: MtJob, node: int | None = None) -> JobFuture:
         """Start ``job`` and return a Future of its JobReport, so several jobs, one per node as
-        deferred init does, run at once.  The job's caller is one of its node's workers, as the
-        kernel's pgdatinit is a thread bound to its node: jobs on different nodes then share no
-        interpreter lock.  With no worker free, a thread of this process (bound to the node's CPUs)
-        is the caller."""
+        deferred init does, run at once; its ``progress()`` says how much of the range has been
+        claimed and done.  The job's caller is one of its node's workers, as the kernel's
+        pgdatinit is a thread bound to its node: jobs on different nodes then share no interpreter
+        lock.  With no worker free, a thread of this process (bound to the node's CPUs) is the
+        caller."""
+        if not isinstance(job, MtJob):
+            raise BadTypeError(f"job must be an MtJob, got {type(job).__name__}")
         if node is not None:
-            self._check_node(node)
-        future: Future = Future()
+            node = self._check_node(node)
+        future = JobFuture(job.size)
 
         def run() -> None:
             if node is not None:
                 pin_thread(self.topology.node(node).cpus)
             try:
-                future.set_result(self._do(job, node, caller_in_worker=True))
+                future.set_result(self._do(job, node, True, future))
             except BaseException as exc:
                 future.set_exception(exc)
 
@@ -206,17 +219,19 @@ class Padata:
 
     # -- a job ------------------------------------------------------------------------------
 
-    def _do(self, job: MtJob, node: int | None, caller_in_worker: bool) -> JobReport:
+    def _do(
+        self, job: MtJob, node: int | None, caller_in_worker: bool, future: JobFuture | None = None
+    ) -> JobReport:
         if not isinstance(job, MtJob):
-            raise TypeError(f"job must be an MtJob, got {type(job).__name__}")
+            raise BadTypeError(f"job must be an MtJob, got {type(job).__name__}")
         if node is not None:
-            self._check_node(node)
+            node = self._check_node(node)
         payload = pickled_call(job)
         self._check_open()
         began = time.perf_counter()
         if job.size == 0:
             return JobReport(0, 0, [], 0.0)
-        run_range = functools.partial(self._run_range, node, caller_in_worker)
+        run_range = functools.partial(self._run_range, node, caller_in_worker, future)
         report, failure = run_with_retry(job, payload, run_range)
         if isinstance(failure, (JobFailedError, WorkerDiedError)) and job.undo_fn is not None:
             undo(job, failure, run_range)
@@ -229,6 +244,7 @@ class Padata:
         self,
         node: int | None,
         caller_in_worker: bool,
+        future: JobFuture | None,
         job: MtJob,
         payload: bytes,
         start: int,
@@ -241,16 +257,22 @@ class Padata:
         a worker plays the caller, and the calling thread only waits.  Returns what was done and
         the failure, if any, whose ranges not done include ``also_not_done``."""
         running = self._start_job(job, payload, node, caller_in_worker, (start, end), chunk)
-        if running is None:
-            # One call with the whole range, in the caller: no chunking, no locking.  (With no helper
-            # free the kernel still chunks; one process gains nothing from it, so this does not.)
-            return call_in_caller(job, start, end, also_not_done)
+        if future is not None:
+            future.track(running)
         try:
-            running.run()
-            failure = running.failure(also_not_done)
+            if running is None:
+                # One call with the whole range, in the caller: no chunking, no locking.  (With no
+                # helper free the kernel still chunks; one process gains nothing from it.)
+                return call_in_caller(job, start, end, also_not_done)
+            try:
+                running.run()
+                failure = running.failure(also_not_done)
+            finally:
+                self._end_job(running)
+            return running.report(), failure
         finally:
-            self._end_job(running)
-        return running.report(), failure
+            if future is not None:
+                future.track(None, end - start)
 
     def _start_job(
         self,
@@ -466,12 +488,12 @@ class Padata:
         # The cursors' locks are named semaphores in /dev/shm until their last reference goes.
         self._workers, self._cursors = [], []
 
-    def _check_node(self, node: int) -> None:
-        if not isinstance(node, int) or node not in {n.id for n in self.topology.nodes_with_cpus}:
-            raise ValueError(
-                f"node must be one of the nodes with CPUs {[n.id for n in self.topology.nodes_with_cpus]}, "
-                f"got {node!r}"
-            )
+    def _check_node(self, node: int) -> int:
+        ids = [n.id for n in self.topology.nodes_with_cpus]
+        node = integer("node", node)
+        if node not in ids:
+            raise BadValueError(f"node must be one of the nodes with CPUs {ids}, got {node}")
+        return node
 
     def _check_open(self) -> None:
         if self._closed:

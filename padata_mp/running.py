@@ -24,19 +24,13 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import (
-    EngineClosedError,
-    JobFailedError,
-    PadataError,
-    Ranges,
-    WorkerDiedError,
-    merge_ranges,
-    subtract_ranges,
-)
+from .errors import EngineClosedError, JobFailedError, PadataError, WorkerDiedError
 from .job import MtJob, pickled_call, undo_job
+from .ranges import Ranges, merge_ranges, subtract_ranges
 from .worker import STOPPED, ChunkFailure, ErrorReturn, JobDone, RunJob, check_result, claim_chunks
 
 CALLER = -1  # worker id of the job's caller in reports
@@ -64,6 +58,46 @@ class JobReport:
     elapsed_s: float
     busy_s: dict[int, float] = field(default_factory=dict)
     retried: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a job has got: of its ``size`` indices, ``claimed`` were handed out and ``done``
+    finished.  Both only rise, to ``size`` when the job succeeds."""
+
+    size: int
+    claimed: int
+    done: int
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.size if self.size else 1.0
+
+
+class JobFuture(Future):
+    """The Future of a submitted job's JobReport that can also say how far the job has got."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+        self._lock = threading.Lock()
+        self._finished = 0  # indices of ranges already run
+        self._running: RunningJob | None = None
+
+    def progress(self) -> Progress:
+        """Claimed and done so far (re-runs after a helper died count again, capped at size)."""
+        with self._lock:
+            finished, running = self._finished, self._running
+        if self.done() and self.exception() is None:
+            return Progress(self.size, self.size, self.size)
+        claimed, done = running.progress() if running else (0, 0)
+        return Progress(self.size, min(self.size, finished + claimed), min(self.size, finished + done))
+
+    def track(self, running: RunningJob | None, finished: int = 0) -> None:
+        """The range now running (None: none), and ``finished`` more indices run."""
+        with self._lock:
+            self._running = running
+            self._finished += finished
 
 
 @dataclass(eq=False)
@@ -256,6 +290,14 @@ class RunningJob:
                 self.unresponsive.append(h)
                 del waiting[h.conn]
 
+    def progress(self) -> tuple[int, int]:
+        """(claimed, done) of this range now, read without the cursor's lock: the claim loop pays
+        nothing for it, and a claim in flight may be seen a moment late."""
+        claimed = (self.end - self.start) - self.cursor.get_obj().size
+        claimants = [h.wid for h in self.helpers] + ([self.caller_index] if self.caller_works else [])
+        running = sum(max(0, self.held[2 * i + 1] - self.held[2 * i]) for i in claimants)
+        return claimed, max(0, claimed - running)
+
     # -- the verdict ----------------------------------------------------------------------------
 
     def report(self) -> JobReport:
@@ -376,8 +418,8 @@ def job_failed(wid: int, failed: dict[int, ChunkFailure], not_done: Ranges) -> J
     if chunk is None:
         error = JobFailedError(
             f"thread_fn or fn_arg could not be loaded in {who}, so it ran nothing there: "
-            f"{type(exc).__name__}: {exc}. Define them at module level in an importable module "
-            f"(not under `if __name__ == '__main__':`); ranges not done: {not_done}",
+            f"{type(exc).__name__}: {exc} (a module the worker cannot import, or an object whose "
+            f"unpickling fails there); ranges not done: {not_done}",
             chunk=None,
             worker=wid,
             not_done=not_done,

@@ -13,6 +13,7 @@ import atexit
 import contextlib
 import ctypes
 import errno
+import math
 import os
 import secrets
 import signal
@@ -26,7 +27,9 @@ from typing import Any, Self
 import numpy as np
 import psutil
 
+from .checks import integer
 from .errors import ShmSpaceError
+from .ranges import roundup
 from .topology import bind_memory
 
 SHM_DIR = "/dev/shm"
@@ -69,23 +72,23 @@ class SharedArray:
         creating anything, if /dev/shm lacks the room.  ``placement``: ``(start_byte, end_byte,
         node)`` ranges whose pages should live on those NUMA nodes (mbind before the pages are
         allocated; silently not done where mbind is not available - check with memory_nodes)."""
-        shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        if any(not isinstance(n, int) or n < 0 for n in shape):
-            raise ValueError(f"shape must be non-negative ints, got {shape}")
+        dims = (shape,) if hasattr(type(shape), "__index__") else tuple(shape)
+        shape = tuple(integer("each of shape's sizes", n, 0) for n in dims)
         dtype = np.dtype(dtype)
-        nbytes = max(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, 1)
+        nbytes = max(math.prod(shape) * dtype.itemsize, 1)  # Python ints: no int64 wrap
         check_room(nbytes)
         name = f"{PREFIX}{os.getpid()}_{secrets.token_hex(6)}"
         block = SharedMemory(name, create=True, size=nbytes)
-        with _mapped_lock:
-            _mapped[name] = (block, _view(block, shape, dtype))
         try:
+            with _mapped_lock:
+                _mapped[name] = (block, _view(block, shape, dtype))
             for start, end, node in placement or []:
                 _bind(_mapped[name][1], start, end, node)
             _reserve(name, nbytes)
             prefault(_mapped[name][1])  # the pages exist now: map them here too, once
         except BaseException:  # ENOSPC, or Ctrl-C in a long reserve: leave nothing behind
-            _unmap(name)
+            if _unmap(name) is None:
+                block.close()
             block.unlink()
             raise
         self = cls(name, shape, dtype)
@@ -150,9 +153,10 @@ def deferred_interrupts() -> Iterator[None]:
 class BlockOwner:
     """What owns shared blocks (a machine, a device, a mapping...): ``close()`` unlinks every block
     it made with ``_create`` (idempotent; Ctrl-C waits until it is done), also as a context
-    manager.  Subclasses set ``self._blocks = []`` before their first ``_create``."""
+    manager."""
 
-    _blocks: list[SharedArray]
+    def __init__(self) -> None:
+        self._blocks: list[SharedArray] = []
 
     def _create(self, shape: int | tuple[int, ...], dtype: np.dtype | type, **placement: Any) -> SharedArray:
         block = SharedArray.create(shape, dtype, **placement)
@@ -281,13 +285,13 @@ def _unmap(name: str) -> SharedMemory | None:
 def _bind(view: np.ndarray, start: int, end: int, node: int) -> None:
     page = os.sysconf("SC_PAGESIZE")
     first = (view.ctypes.data + start) // page * page
-    last = -(-(view.ctypes.data + min(end, view.nbytes)) // page) * page
+    last = roundup(view.ctypes.data + min(end, view.nbytes), page)
     if last > first:
         bind_memory(first, last - first, node)
 
 
 def _view(block: SharedMemory, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     return np.frombuffer(block.buf, dtype=dtype, count=count).reshape(shape)
 
 

@@ -18,6 +18,9 @@ from pathlib import Path
 
 import psutil
 
+from .checks import integer
+from .errors import BadValueError
+
 
 @dataclass(frozen=True)
 class Node:
@@ -47,7 +50,7 @@ class Topology:
         for n in self.nodes:
             if n.id == node_id:
                 return n
-        raise ValueError(f"no node {node_id}; nodes are {[n.id for n in self.nodes]}")
+        raise BadValueError(f"no node {node_id}; nodes are {[n.id for n in self.nodes]}")
 
     def default_workers(self) -> int:
         """One worker per CPU the topology offers, capped by ``cpu_limit``."""
@@ -59,7 +62,7 @@ class Topology:
         more workers than there are CPUs)."""
         nodes = self.nodes_with_cpus
         if not nodes:
-            raise ValueError("the topology has no node with CPUs")
+            raise BadValueError("the topology has no node with CPUs")
         slots = [n.id for i in range(max(len(n.cpus) for n in nodes)) for n in nodes if i < len(n.cpus)]
         return [slots[i % len(slots)] for i in range(workers)]
 
@@ -71,6 +74,10 @@ def read_topology(root: str | os.PathLike = "/sys", allowed_cpus: set[int] | Non
     kernel without NUMA (no node directory) reads as one node holding every allowed CPU.
     """
     root = Path(root)
+    if not root.is_dir():
+        raise BadValueError(
+            f"the sysfs root {str(root)!r} is not a folder: name the folder sysfs is mounted on"
+        )
     allowed = set(os.sched_getaffinity(0)) if allowed_cpus is None else set(allowed_cpus)
     online_cpus = _read_list(root / "devices/system/cpu/online")
     if online_cpus is not None:
@@ -103,14 +110,13 @@ def synthetic(nodes: int, cpus_per_node: int | None = None, host: Topology | Non
     A synthetic topology may oversubscribe the host: its default worker count is its own CPU count.
     """
     host = host or read_topology()
-    if nodes < 1:
-        raise ValueError(f"nodes must be >= 1, got {nodes}")
+    nodes = integer("nodes", nodes, 1)
     cpus = sorted(c for n in host.nodes for c in n.cpus)
     if not cpus:
-        raise ValueError("the host topology has no usable CPU")
-    per_node = cpus_per_node if cpus_per_node is not None else max(1, len(cpus) // nodes)
-    if per_node < 1:
-        raise ValueError(f"cpus_per_node must be >= 1, got {per_node}")
+        raise BadValueError("the host topology has no usable CPU")
+    per_node = (
+        max(1, len(cpus) // nodes) if cpus_per_node is None else integer("cpus_per_node", cpus_per_node, 1)
+    )
     mem_nodes = [n for n in host.nodes if n.mem_bytes] or list(host.nodes)
     mem_each = sum(n.mem_bytes for n in host.nodes) // nodes
     made = tuple(
@@ -129,7 +135,7 @@ def parse_synthetic(spec: str, host: Topology | None = None) -> Topology:
     """``"2x1"``: 2 nodes of 1 CPU; ``"4"``: 4 nodes sharing the host's CPUs."""
     match = re.fullmatch(r"\s*(\d+)\s*(?:x\s*(\d+))?\s*", spec)
     if not match:
-        raise ValueError(f"a synthetic topology is NODES or NODESxCPUS, like 2x1; got {spec!r}")
+        raise BadValueError(f"a synthetic topology is NODES or NODESxCPUS, like 2x1; got {spec!r}")
     cpus = int(match[2]) if match[2] else None
     return synthetic(int(match[1]), cpus, host)
 

@@ -9,13 +9,19 @@ import time
 
 import pytest
 
-from tests.conftest import shm_entries
+from padata_mp import read_topology
+from tests.conftest import OwnShm
 
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "padata_mp", *args], capture_output=True, text=True, timeout=timeout
-    )
+    """``padata-mp args``; the result's ``pid`` is the process's, for OwnShm.left."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "padata_mp", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    out = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    out.pid = proc.pid
+    return out
 
 
 def test_topology():
@@ -27,7 +33,7 @@ def test_topology():
 
 
 def test_init_prints_the_kernels_lines_and_verifies():
-    before = shm_entries()
+    shm = OwnShm()
     out = cli("init", "--mem", "6G", "--nodes", "2", "--verify")
     assert out.returncode == 0, out.stderr
     assert "node 0: DMA 0x0-0x1000, DMA32 0x1000-0xc0000;" in out.stdout  # 3 GiB a node
@@ -37,7 +43,18 @@ def test_init_prints_the_kernels_lines_and_verifies():
     assert "verified:" in out.stdout
     assert "struct pages on host node 0" in out.stdout
     assert out.stderr == ""  # no resource-tracker warning, nothing else
-    assert shm_entries() - before == set()
+    assert shm.left(out.pid) == set()
+
+
+@pytest.mark.parametrize("nodes", [2, 3])
+def test_nodes_auto_simulates_the_synthetic_topologys_nodes(nodes):
+    out = cli("init", "--mem", "8G", "--nodes", "auto", "--synthetic", f"{nodes}x1", "--verify")
+    assert out.returncode == 0, out.stderr
+    described = [line for line in out.stdout.splitlines() if line.startswith("node ") and "deferred" in line]
+    assert [line.split(":")[0] for line in described if "pages deferred" in line] == [
+        f"node {k}" for k in range(nodes)
+    ]
+    assert "verified:" in out.stdout
 
 
 @pytest.mark.parametrize(
@@ -69,12 +86,12 @@ def test_init_prints_the_kernels_lines_and_verifies():
     ],
 )
 def test_bad_values_exit_2_with_one_line(args):
-    before = shm_entries()
+    shm = OwnShm()
     out = cli(*args)
     assert out.returncode == 2, (out.stdout, out.stderr)
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert "Traceback" not in out.stderr and out.stderr.startswith("padata-mp: error:")
-    assert shm_entries() - before == set()
+    assert shm.left(out.pid) == set()
 
 
 def test_plot_without_matplotlib_is_a_clear_error():
@@ -95,7 +112,7 @@ def test_plot_writes_a_png(tmp_path):
 
 
 def test_bench_writes_json_and_csv(tmp_path):
-    before = shm_entries()
+    shm = OwnShm()
     out = cli(
         "bench",
         "--mem",
@@ -110,11 +127,12 @@ def test_bench_writes_json_and_csv(tmp_path):
         str(tmp_path / "b.csv"),
     )
     assert out.returncode == 0, out.stderr
-    assert "capped" in out.stderr  # 64 threads on a 2-CPU node
+    node_cpus = min(len(n.cpus) for n in read_topology().nodes_with_cpus)
+    assert ("capped" in out.stderr) == (node_cpus < 64)  # thread counts past a node's CPUs
     assert "node% (thr) | speedup" in out.stdout and "(0)" in out.stdout
     data = json.loads((tmp_path / "b.json").read_text())
     assert data["deferred_pages"] == 2**18 - 2**15
-    assert [r["threads"] for r in data["rows"]] == [0, 1, 2]
+    assert [r["threads"] for r in data["rows"]] == sorted({0} | {min(t, node_cpus) for t in (1, 2, 64)})
     for row in data["rows"]:
         assert row["time_ms"] > 0 and row["pages_per_s"] > 0
     assert {"cpu_model", "kernel", "thp", "python", "numpy", "start_method"} <= set(data["machine"])
@@ -122,12 +140,12 @@ def test_bench_writes_json_and_csv(tmp_path):
     if data["native"]:
         assert {n["threads"] for n in data["native"]} == {r["threads"] for r in data["rows"] if r["threads"]}
     assert (tmp_path / "b.csv").read_text().startswith("threads,node_percent,time_ms")
-    assert shm_entries() - before == set()
+    assert shm.left(out.pid) == set()
 
 
 @pytest.mark.parametrize("job", ["hugetlb", "hugetlb-1g", "pmem", "vfio", "munmap", "fallocate"])
 def test_bench_runs_every_kernel_job(tmp_path, job):
-    before = shm_entries()
+    shm = OwnShm()
     mem = "64M" if job == "fallocate" else "6G"
     out = cli(
         "bench",
@@ -150,7 +168,7 @@ def test_bench_runs_every_kernel_job(tmp_path, job):
     assert {p["name"] for p in data["peers"]} >= {"Pool.map", "ProcessPoolExecutor", "ThreadPoolExecutor"}
     assert not data["native"] and "no native reference" in out.stderr
     assert "node% (thr) | speedup" in out.stdout
-    assert shm_entries() - before == set()
+    assert shm.left(out.pid) == set()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -165,7 +183,7 @@ def test_bench_runs_every_kernel_job(tmp_path, job):
     ],
 )
 def test_interrupt_stops_within_2_seconds_and_cleans_up(sig, command):
-    before = shm_entries()
+    shm = OwnShm()
     proc = subprocess.Popen(
         [sys.executable, "-m", "padata_mp", *command],
         stdout=subprocess.PIPE,
@@ -185,9 +203,9 @@ def test_interrupt_stops_within_2_seconds_and_cleans_up(sig, command):
     assert lines == ["padata-mp: interrupted, cleaned up"], err
     # Workers, the forkserver and the resource tracker see the coordinator gone and follow it.
     deadline = time.monotonic() + 2
-    while time.monotonic() < deadline and (shm_entries() - before or session(proc.pid)):
+    while time.monotonic() < deadline and (shm.left(proc.pid) or session(proc.pid)):
         time.sleep(0.05)
-    assert shm_entries() - before == set()
+    assert shm.left(proc.pid) == set()
     assert session(proc.pid) == []
 
 

@@ -1,5 +1,6 @@
 """What a production box needs: a SIGKILLed coordinator leaves nothing, soak runs stay flat."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -9,7 +10,7 @@ import psutil
 import pytest
 
 from padata_mp import Padata
-from tests.conftest import shm_entries
+from tests.conftest import SHM
 
 COORDINATOR = textwrap.dedent(
     """
@@ -37,13 +38,13 @@ def alive(pid: int) -> bool:
 def test_a_sigkilled_coordinator_leaves_no_worker_and_no_segment(tmp_path):
     script = tmp_path / "coordinator.py"
     script.write_text(COORDINATOR)
-    before = shm_entries()
+    before = set(os.listdir(SHM))
     proc = subprocess.Popen(
         [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     workers = [int(pid) for pid in proc.stdout.readline().split()]
     assert len(workers) == 2, proc.stderr.read()
-    ours = {name for name in shm_entries() - before if name.startswith(f"padata_mp_{proc.pid}_")}
+    ours = {name for name in set(os.listdir(SHM)) - before if name.startswith(f"padata_mp_{proc.pid}_")}
     assert len(ours) == 4  # memmap, pageblocks, zones, records
     proc.kill()
     proc.wait()
@@ -53,7 +54,7 @@ def test_a_sigkilled_coordinator_leaves_no_worker_and_no_segment(tmp_path):
     assert not any(alive(pid) for pid in workers), "workers outlived their coordinator by a second"
     # The resource tracker unlinks the dead creator's blocks; a new engine sweeps any it missed.
     with Padata(1):
-        assert ours & shm_entries() == set()
+        assert ours & set(os.listdir(SHM)) == set()
 
 
 @pytest.mark.slow

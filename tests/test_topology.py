@@ -78,7 +78,8 @@ def test_synthetic_nodes_over_the_host_cpus():
     assert {c for n in t.nodes for c in n.cpus} <= set(host_cpus)
     big = synthetic(4, 2)
     assert len(big.nodes) == 4 and big.default_workers() == 8
-    assert all(n.host_node == 0 for n in big.nodes)  # this host has one node
+    with_memory = [n.id for n in read_topology().nodes if n.mem_bytes] or [read_topology().nodes[0].id]
+    assert [n.host_node for n in big.nodes] == [with_memory[k % len(with_memory)] for k in range(4)]
     for bad in ("0", "x", "2x0", "-1"):
         with pytest.raises(ValueError):
             parse_synthetic(bad)

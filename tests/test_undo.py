@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from padata_mp import JobFailedError, MtJob, Padata, PadataError
-from padata_mp.errors import subtract_ranges
+from padata_mp.ranges import subtract_ranges
 from tests import fns
 from tests.conftest import until_a_helper_dies
 
@@ -93,8 +93,10 @@ def test_a_single_call_failing_has_nothing_to_undo(engine, counts):
 def test_bad_undo_fn_is_refused(engine):
     with pytest.raises(TypeError, match="undo_fn must be callable"):
         MtJob(fns.count, None, 0, 10, undo_fn=3)
-    with pytest.raises(TypeError, match="picklable"):
-        engine.do_multithreaded(MtJob(fns.count, None, 0, 10, undo_fn=lambda s, e, a: None))
+    with pytest.raises(TypeError, match="undo_fn cannot be sent"):
+        engine.do_multithreaded(
+            MtJob(fns.count, None, 0, 10, undo_fn=(lambda gen: lambda s, e, a: gen)(x for x in ()))
+        )
 
 
 def test_subtract_ranges():

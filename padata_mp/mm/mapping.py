@@ -14,13 +14,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..checks import integer
+from ..errors import BadValueError, PadataError
+from ..job import MtJob
+from ..pool import Padata
+from ..ranges import ceil_div, roundup
+from ..shm import BlockOwner, SharedArray
 from . import pages as pg
-from .errors import PadataError
-from .job import MtJob
-from .mm import Machine, NodeRun, VerifyError, record_heads, run_work
-from .mm_verify import compare_words
-from .pool import Padata
-from .shm import BlockOwner, SharedArray
+from .buddy import record_heads
+from .machine import Machine
+from .runner import NodeRun, run_work
+from .verify import VERIFY_BLOCK, VerifyError, compare_words
 
 ANON_MAPPING = 0xFFFF_8881_2000_0001  # page->mapping of an anonymous page: its anon_vma | PAGE_MAPPING_ANON
 MAPPED_COUNTS = pg.counts_word(0, 1)  # mapped once, one reference
@@ -72,7 +76,7 @@ def munmap_chunk(start: int, end: int, job: MapJob) -> None:
     coordinator).  Not idempotent: a block a call freed whole is skipped by a second call, as
     already free, so the job is not re-run after a helper dies."""
     raw, pfns, records = job.memmap.array, job.pfns.array, job.records.array
-    for section in range(start // SECTION, -(-end // SECTION)):
+    for section in range(start // SECTION, ceil_div(end, SECTION)):
         lo, hi = max(start, section * SECTION), min(end, (section + 1) * SECTION)
         heads: dict[int, list[np.ndarray]] = {order: [] for order in range(pg.NR_ORDERS)}
         for vlo, vhi, plo in _runs(job, lo, hi):
@@ -169,28 +173,26 @@ class Mapping(BlockOwner):
     def __init__(self, machine: Machine, pages: int, node: int = 0):
         if not machine.initialised:
             raise PadataError("deferred init must run before pages can be mapped")
-        if node not in range(len(machine.nodes)):
-            raise ValueError(f"node must be a node of the machine (0-{len(machine.nodes) - 1}), got {node!r}")
-        if not isinstance(pages, int) or isinstance(pages, bool) or pages < 1:
-            raise ValueError(f"pages must be an int >= 1, got {pages!r}")
+        node = integer("node", node, 0, len(machine.nodes) - 1)
+        pages = integer("pages", pages, 1)
         self.machine, self.node = machine, node
         self.zone = machine.nodes[node].highest_zone
-        self.pages = -(-pages // BLOCK) * BLOCK
-        free = len(machine.free_heads(self.zone, pg.MAX_ORDER))
+        self.pages = roundup(pages, BLOCK)
+        free = len(machine.free_lists.free_heads(self.zone, pg.MAX_ORDER))
         if self.pages // BLOCK > free:
-            raise ValueError(
+            raise BadValueError(
                 f"node {node} has {free} free 4 MiB blocks ({free * BLOCK} pages), "
                 f"asked for {self.pages} pages"
             )
         self.populated = False
         self._held_after_close: list[tuple[int, int]] | None = None
         self.partial = np.zeros(self.pages // BLOCK, bool)  # blocks partly free: their free blocks listed
-        self._blocks = []
+        super().__init__()
         try:
             made = [
                 self._create(self.pages // BLOCK, np.int64),
                 self._create(self.pages, np.int64),
-                self._create((-(-self.pages // SECTION), pg.NR_ORDERS, 3), np.int64),
+                self._create((ceil_div(self.pages, SECTION), pg.NR_ORDERS, 3), np.int64),
             ]
         except BaseException:
             self.close()
@@ -227,8 +229,8 @@ class Mapping(BlockOwner):
         if self.populated:
             self._check_merged()
         vpns = np.flatnonzero(self.pfns >= 0)
-        for lo in range(0, len(vpns), 1 << 20):
-            v = vpns[lo : lo + (1 << 20)]
+        for lo in range(0, len(vpns), VERIFY_BLOCK):
+            v = vpns[lo : lo + VERIFY_BLOCK]
             pfns = self.pfns[v]
             words = self.machine.raw[pfns]
             lru = pg.lru_address(pfns.astype(np.uint64))
@@ -246,6 +248,13 @@ class Mapping(BlockOwner):
             )
             compare_words(words, pfns, expect, "a mapped page")
         return len(vpns)
+
+    def reset(self, pfns: np.ndarray) -> None:
+        """Back to mapping ``pfns``, a copy of ``.pfns`` taken when the mapping was populated and
+        nothing of it unmapped, the machine restored to that moment (Machine.restore_state): for
+        runs that repeat munmap or a pin from one starting state."""
+        self.pfns[:] = pfns
+        self.partial[:] = False
 
     def close(self) -> None:
         """Unlink the mapping's own shared memory (idempotent).  Its pages stay mapped, as when a
@@ -270,11 +279,9 @@ class Mapping(BlockOwner):
 
 
 def _check_range(mapping: Mapping, start: int, pages: int) -> None:
-    for name, value in (("start", start), ("pages", pages)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    start, pages = integer("start", start), integer("pages", pages)
     if start < 0 or pages < 1 or start + pages > mapping.pages:
-        raise ValueError(
+        raise BadValueError(
             f"the range must lie inside the mapping's {mapping.pages} pages; got start {start}, pages {pages}"
         )
 
@@ -296,14 +303,14 @@ class Populate:
         m = self.mapping
         if m.populated:
             raise PadataError("the mapping is populated already")
-        free = m.machine.free_heads(m.zone, pg.MAX_ORDER)
+        free = m.machine.free_lists.free_heads(m.zone, pg.MAX_ORDER)
         taken = len(m.partial)
         if taken > len(free):
-            raise ValueError(
+            raise BadValueError(
                 f"node {m.node} has {len(free)} free 4 MiB blocks left, the mapping needs {taken}"
             )
         m.job_arg.blocks.array[:] = free[:taken]
-        m.machine.relink(m.zone, pg.MAX_ORDER, free[taken:])
+        m.machine.free_lists.relink(m.zone, pg.MAX_ORDER, free[taken:])
         m.machine.users.append(m)
         job = MtJob(
             populate_chunk,
@@ -346,7 +353,7 @@ class Munmap:
             base = int(m.job_arg.blocks.array[b])
             words = m.machine.raw[base : base + BLOCK]
             for pfn in (np.flatnonzero(words[:, 6] == np.uint64(pg.BUDDY_COUNTS)) + base).tolist():
-                m.machine.list_del(m.zone, int(m.machine.raw[pfn, 5]), pfn)
+                m.machine.free_lists.list_del(m.zone, int(m.machine.raw[pfn, 5]), pfn)
         job = MtJob(
             munmap_chunk,
             m.job_arg,
@@ -360,8 +367,8 @@ class Munmap:
 
     def end(self, node: int) -> None:
         m = self.mapping
-        sections = m.job_arg.records.array[self.start // SECTION : -(-(self.start + self.pages) // SECTION)]
-        m.machine.splice_records(m.zone, sections)
+        sections = m.job_arg.records.array[self.start // SECTION : ceil_div(self.start + self.pages, SECTION)]
+        m.machine.free_lists.splice_records(m.zone, sections)
         first, last = self.first_block, self.last_block
         m.partial[first : last + 1] = False
         for b in {first, last}:
@@ -384,7 +391,7 @@ class VfioPin(BlockOwner):
         _check_range(mapping, start, pages)
         self.mapping, self.start, self.pages = mapping, start, pages
         self.pinned = False
-        self._blocks = []
+        super().__init__()
         self._iova = self._create(pages, np.int64)
         self._iova.array.fill(-1)
 
@@ -440,7 +447,7 @@ class VfioPin(BlockOwner):
         """VFIO_IOMMU_UNMAP_DMA: unpin the whole range in parallel (undo_fn as the thread_fn)."""
         if not self.pinned:
             raise PadataError("this range is not pinned")
-        run = run_work(_Unpin(self), self.mapping.node + 1, engine, threads)
+        run = run_work(_Unpin(self), [self.mapping.node], engine, threads)
         self.pinned = False
         return run
 
@@ -466,7 +473,7 @@ class _Unpin:
 
 def mmap_populate(mapping: Mapping, engine: Padata | None = None, threads: int | None = None) -> NodeRun:
     """Map every page of ``mapping``, in parallel on its node."""
-    return run_work(Populate(mapping), mapping.node + 1, engine, threads)
+    return run_work(Populate(mapping), [mapping.node], engine, threads)
 
 
 def munmap(
@@ -474,7 +481,7 @@ def munmap(
 ) -> NodeRun:
     """Unmap virtual pages [start, start + pages) of ``mapping``, freeing them to the buddy lists
     with merging, in parallel on its node."""
-    return run_work(Munmap(mapping, start, pages), mapping.node + 1, engine, threads)
+    return run_work(Munmap(mapping, start, pages), [mapping.node], engine, threads)
 
 
 def vfio_pin(
@@ -485,7 +492,7 @@ def vfio_pin(
     JobFailedError with ``error == -EFAULT`` after every completed chunk was unpinned."""
     pin = VfioPin(mapping, start, pages)
     try:
-        run_work(pin, mapping.node + 1, engine, threads)
+        run_work(pin, [mapping.node], engine, threads)
     except BaseException:
         pin.close()
         raise

@@ -13,6 +13,8 @@ import functools
 
 import numpy as np
 
+from ..ranges import ceil_div, roundup
+
 PAGE_SIZE = 4096
 STRUCT_PAGE_SIZE = 64
 PAGES_PER_SECTION = 32768  # 128 MiB: deferred init's align and min_chunk
@@ -148,7 +150,7 @@ def init_and_free(raw: np.ndarray, pageblocks: np.ndarray, start: int, end: int,
     # Whole pieces end with every refcount 0: __init_single_page's 1 and __free_pages_core's 0 are
     # one template's word, written once (the kernel's two loops keep the tile in cache for this).
     freed = _template(flags, FREE_COUNTS)
-    full_lo = -(-start // MAX_ORDER_NR_PAGES) * MAX_ORDER_NR_PAGES
+    full_lo = roundup(start, MAX_ORDER_NR_PAGES)
     full_hi = end // MAX_ORDER_NR_PAGES * MAX_ORDER_NR_PAGES
     if full_lo >= full_hi:  # no whole piece: every page is freed alone
         full_lo = full_hi = end
@@ -178,8 +180,8 @@ def _free_singles(tile: np.ndarray, pageblocks: np.ndarray, start: int, end: int
     """Pages freed one by one at order 0: each its own buddy head; MOVABLE set at each
     pageblock-aligned pfn."""
     tile[:, 6] = BUDDY_COUNTS
-    first_block = -(-start // PAGEBLOCK_NR_PAGES)
-    last_block = -(-end // PAGEBLOCK_NR_PAGES)
+    first_block = ceil_div(start, PAGEBLOCK_NR_PAGES)
+    last_block = ceil_div(end, PAGEBLOCK_NR_PAGES)
     pageblocks[first_block:last_block] = MIGRATE_MOVABLE
 
 

@@ -13,13 +13,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..checks import integer
+from ..errors import BadValueError, PadataError
+from ..job import MtJob
+from ..pool import Padata
+from ..ranges import ceil_div
+from ..shm import BlockOwner, SharedArray
 from . import pages as pg
-from .errors import PadataError
-from .job import MtJob
-from .mm import Machine, NodeRun, VerifyError, Zone, parse_size, run_work
-from .mm_verify import compare_words
-from .pool import Padata
-from .shm import BlockOwner, SharedArray
+from .layout import Zone
+from .machine import Machine
+from .runner import NodeRun, run_work
+from .sizes import parse_size
+from .verify import VerifyError, compare_words
 
 HUGE_ORDERS = {"2M": 9, "1G": 18}
 HPAGE_BYTES = 2 << 20  # the huge page fallocate clears
@@ -60,31 +65,32 @@ class HugetlbPool(BlockOwner):
 
     def __init__(self, machine: Machine, size: str = "2M", per_node: int | dict[int, int] = 1):
         if size not in HUGE_ORDERS:
-            raise ValueError(f"size must be one of {list(HUGE_ORDERS)}, got {size!r}")
+            raise BadValueError(f"size must be one of {list(HUGE_ORDERS)}, got {size!r}")
         if not machine.initialised:
             raise PadataError("deferred init must run before huge pages can be allocated")
         counts = (
             per_node if isinstance(per_node, dict) else dict.fromkeys(range(len(machine.nodes)), per_node)
         )
-        for node, count in counts.items():
+        counts = {
+            integer("a node", node): integer(f"the count for node {node}", n, 0) for node, n in counts.items()
+        }
+        for node in counts:
             if node not in range(len(machine.nodes)):
-                raise ValueError(f"node {node!r} is not a node of the machine (0-{len(machine.nodes) - 1})")
-            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-                raise ValueError(
-                    f"the count of huge pages for node {node} must be an int >= 0, got {count!r}"
-                )
+                raise BadValueError(f"node {node} is not a node of the machine (0-{len(machine.nodes) - 1})")
         self.machine, self.size, self.order = machine, size, HUGE_ORDERS[size]
         self.counts = {node: count for node, count in sorted(counts.items()) if count}
         if not self.counts:
-            raise ValueError("ask for at least one huge page")
+            raise BadValueError("ask for at least one huge page")
         for node, count in self.counts.items():
             room = self.room(machine, size, node)
             if count > room:
-                raise ValueError(f"node {node} has room for {room} huge pages of {size}, asked for {count}")
+                raise BadValueError(
+                    f"node {node} has room for {room} huge pages of {size}, asked for {count}"
+                )
         self.total = sum(self.counts.values())
         self.pages = self.total << self.order
         self.heads: dict[int, np.ndarray] = {}
-        self._blocks = []
+        super().__init__()
         self._units = self._create((self.total, 2), np.int64)
 
     @property
@@ -137,27 +143,29 @@ class HugetlbPool(BlockOwner):
         """How many huge pages of ``size`` the node's free lists hold now."""
         zone = machine.nodes[node].highest_zone
         if size == "2M":
-            return len(machine.free_heads(zone, 9)) + 2 * len(machine.free_heads(zone, pg.MAX_ORDER))
-        return len(_gigantic_slots(machine.free_heads(zone, pg.MAX_ORDER)))
+            return len(machine.free_lists.free_heads(zone, 9)) + 2 * len(
+                machine.free_lists.free_heads(zone, pg.MAX_ORDER)
+            )
+        return len(_gigantic_slots(machine.free_lists.free_heads(zone, pg.MAX_ORDER)))
 
     def _take(self, zone: Zone, count: int) -> np.ndarray:
         """Heads of ``count`` huge pages taken off the zone's free lists (the lists relinked)."""
         machine = self.machine
-        blocks10 = machine.free_heads(zone, pg.MAX_ORDER)
+        blocks10 = machine.free_lists.free_heads(zone, pg.MAX_ORDER)
         if self.order == HUGE_ORDERS["1G"]:
             heads = _gigantic_slots(blocks10)[:count]
             inside = np.isin(blocks10 >> self.order, heads >> self.order)
-            machine.relink(zone, pg.MAX_ORDER, blocks10[~inside])
+            machine.free_lists.relink(zone, pg.MAX_ORDER, blocks10[~inside])
             return heads
-        blocks9 = machine.free_heads(zone, 9)
+        blocks9 = machine.free_lists.free_heads(zone, 9)
         from9 = blocks9[:count]
-        split = blocks10[: -(-(count - len(from9)) // 2)]
+        split = blocks10[: ceil_div(count - len(from9), 2)]
         halves = np.stack([split, split + 512], axis=1).ravel()
         from10, leftover = halves[: count - len(from9)], halves[count - len(from9) :]
         machine.raw[leftover, 6] = pg.BUDDY_COUNTS  # the unused half: a free order-9 block now
         machine.raw[leftover, 5] = 9
-        machine.relink(zone, pg.MAX_ORDER, blocks10[len(split) :])
-        machine.relink(zone, 9, np.concatenate([blocks9[len(from9) :], leftover]))
+        machine.free_lists.relink(zone, pg.MAX_ORDER, blocks10[len(split) :])
+        machine.free_lists.relink(zone, 9, np.concatenate([blocks9[len(from9) :], leftover]))
         return np.sort(np.concatenate([from9, from10]))
 
     # -- proof ----------------------------------------------------------------------------------
@@ -219,7 +227,7 @@ def _check_compound(raw: np.ndarray, heads: np.ndarray, order: int, flags: int) 
 def hugetlb_alloc(pool: HugetlbPool, engine: Padata | None = None, threads: int | None = None) -> NodeRun:
     """Allocate and prepare the pool's huge pages in parallel (``threads`` per node at most,
     default the node's CPUs)."""
-    return run_work(pool, len(pool.machine.nodes), engine, threads)
+    return run_work(pool, range(len(pool.machine.nodes)), engine, threads)
 
 
 # -- fallocate ----------------------------------------------------------------------------------
@@ -240,11 +248,11 @@ class HugetlbFile(BlockOwner):
     def __init__(self, size: str | int, node: int = 0):
         self.huge_pages = parse_size(size) // HPAGE_BYTES
         if self.huge_pages < 1:
-            raise ValueError(f"a hugetlbfs file holds whole 2 MiB pages; {size!r} is less than one")
+            raise BadValueError(f"a hugetlbfs file holds whole 2 MiB pages; {size!r} is less than one")
         self.node = node
         self.pages = self.huge_pages * (HPAGE_BYTES // pg.PAGE_SIZE)
         self.cleared = False
-        self._blocks = []
+        super().__init__()
         self._frames = self._create((self.huge_pages, HPAGE_BYTES // 8), np.uint64)
         try:
             self.reset()
@@ -290,4 +298,4 @@ class HugetlbFile(BlockOwner):
 
 def hugetlb_fallocate(file: HugetlbFile, engine: Padata | None = None, threads: int | None = None) -> NodeRun:
     """Clear the file's huge pages in parallel (``threads`` at most, default the node's CPUs)."""
-    return run_work(file, file.node + 1, engine, threads)
+    return run_work(file, [file.node], engine, threads)

@@ -13,13 +13,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..checks import integer
+from ..errors import BadValueError, PadataError
+from ..job import MtJob
+from ..pool import Padata
+from ..ranges import ceil_div
+from ..shm import BlockOwner, SharedArray
 from . import pages as pg
-from .errors import PadataError
-from .job import MtJob
-from .mm import NodeRun, VerifyError, parse_size, run_work
-from .mm_verify import compare_words
-from .pool import Padata
-from .shm import BlockOwner, SharedArray
+from .runner import NodeRun, run_work
+from .sizes import parse_size
+from .verify import VERIFY_BLOCK, VerifyError, compare_words
 
 PGMAP_ADDRESS = 0xFFFF_8881_0000_0000  # the device's struct dev_pagemap, in the direct map
 DEFAULT_START_PFN = (1 << 40) // pg.PAGE_SIZE  # above 1 TiB of RAM, section aligned
@@ -49,7 +52,9 @@ def init_device_chunk(start: int, end: int, job: DeviceJob) -> None:
     that write struct pages."""
     lo, hi = start - job.start_pfn, end - job.start_pfn
     pg.fill_pages(job.memmap.array, lo, hi, device_words(job.node))
-    job.pageblocks.array[lo // pg.PAGEBLOCK_NR_PAGES : -(-hi // pg.PAGEBLOCK_NR_PAGES)] = pg.MIGRATE_MOVABLE
+    job.pageblocks.array[lo // pg.PAGEBLOCK_NR_PAGES : ceil_div(hi, pg.PAGEBLOCK_NR_PAGES)] = (
+        pg.MIGRATE_MOVABLE
+    )
 
 
 class DeviceMemory(BlockOwner):
@@ -60,19 +65,18 @@ class DeviceMemory(BlockOwner):
     bytes_per_page = pg.STRUCT_PAGE_SIZE
 
     def __init__(self, size: str | int, node: int = 0, start_pfn: int = DEFAULT_START_PFN):
-        if not isinstance(node, int) or node < 0:
-            raise ValueError(f"node must be an int >= 0, got {node!r}")
-        if not isinstance(start_pfn, int) or start_pfn < 0 or start_pfn % pg.PAGES_PER_SECTION:
-            raise ValueError(
+        node, start_pfn = integer("node", node, 0), integer("start_pfn", start_pfn, 0)
+        if start_pfn % pg.PAGES_PER_SECTION:
+            raise BadValueError(
                 f"start_pfn must be a multiple of a section ({pg.PAGES_PER_SECTION} pages), got {start_pfn!r}"
             )
         self.pages = parse_size(size) // pg.PAGE_SIZE
         self.node, self.start_pfn = node, start_pfn
         self.initialised = False
-        self._blocks = []
+        super().__init__()
         try:
             self._memmap = self._create((self.pages, 8), np.uint64)
-            self._pageblocks = self._create(-(-self.pages // pg.PAGEBLOCK_NR_PAGES), np.uint8)
+            self._pageblocks = self._create(ceil_div(self.pages, pg.PAGEBLOCK_NR_PAGES), np.uint8)
             self.reset()
         except BaseException:
             self.close()
@@ -116,8 +120,8 @@ class DeviceMemory(BlockOwner):
         raise VerifyError naming the first bad pfn.  Returns the pages proven."""
         if not self.initialised:
             raise VerifyError("the device's struct pages have not been initialised")
-        for lo in range(0, self.pages, 1 << 20):
-            words = self.memmap[lo : lo + (1 << 20)]
+        for lo in range(0, self.pages, VERIFY_BLOCK):
+            words = self.memmap[lo : lo + VERIFY_BLOCK]
             compare_words(words, self.start_pfn + lo, device_words(self.node), "a device page")
         blocks = np.flatnonzero(self._pageblocks.array != pg.MIGRATE_MOVABLE)
         if len(blocks):
@@ -131,4 +135,4 @@ def memmap_init_zone_device(
 ) -> NodeRun:
     """Initialise the device's struct pages in parallel: one job, section-aligned chunks, helpers
     on the engine node hosting the device's node (``threads`` of them at most, default its CPUs)."""
-    return run_work(device, device.node + 1, engine, threads)
+    return run_work(device, [device.node], engine, threads)

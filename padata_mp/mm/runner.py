@@ -1,0 +1,110 @@
+"""Running a memory-proportional job per simulated node, all nodes at once, as the kernel runs
+deferred init: what deferred init, the other kernel jobs and the benchmark share."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..checks import integer
+from ..job import MtJob
+from ..pool import JobReport, Padata, default_engine
+from ..ranges import Ranges
+from ..running import Progress
+
+log = logging.getLogger("padata_mp.mm")
+PROGRESS_S = 0.25
+
+
+class NodeWork(Protocol):
+    """A memory-proportional job of the simulated machine, run as one padata job per node.
+
+    ``begin`` does the coordinator's part before the jobs (checks, taking blocks off the free
+    lists) and returns each simulated node's job; ``end(node)`` does its part after that node's job
+    (splicing what the chunks freed into the zone's lists).  Both count in the work's time.
+    ``verify`` proves the result.  ``pages`` is the work's size in pages and ``bytes_per_page``
+    what it writes per page, for rates.  Going back to the starting state, to run again, is each
+    work's own business (Machine.reset or save_state/restore_state, a device's, file's or
+    mapping's reset)."""
+
+    pages: int
+    bytes_per_page: int
+
+    def begin(self, threads: dict[int, int]) -> dict[int, MtJob]: ...
+
+    def end(self, node: int) -> None: ...
+
+    def verify(self) -> object: ...
+
+
+@dataclass
+class NodeRun:
+    """What a NodeWork run did: per node, milliseconds (its job and its ``end``) and the job's
+    report; ``elapsed_ms`` from ``begin`` to the last ``end``, the kernel's "slowest node" figure."""
+
+    node_ms: dict[int, float]
+    reports: dict[int, JobReport] = field(default_factory=dict)
+    elapsed_ms: float = 0.0
+    pages: int = 0
+    retried: dict[int, Ranges] = field(default_factory=dict)  # re-run after a helper died
+
+
+def _fraction(progress: list[Progress]) -> float:
+    size = sum(p.size for p in progress)
+    return sum(p.done for p in progress) / size if size else 1.0
+
+
+def node_threads(engine: Padata, nodes: Sequence[int], threads: int | None) -> dict[int, int]:
+    """Per simulated node, its job's max_threads: ``threads``, or the CPUs of the engine node that
+    hosts it (simulated node k on engine node k modulo the engine's nodes)."""
+    if threads is not None:
+        threads = integer("threads", threads, 1)
+    hosts = engine.topology.nodes_with_cpus
+    return {k: threads or len(hosts[k % len(hosts)].cpus) for k in nodes}
+
+
+def run_work(
+    work: NodeWork,
+    nodes: Sequence[int],
+    engine: Padata | None = None,
+    threads: int | None = None,
+    on_progress: Callable[[float], None] | None = None,
+) -> NodeRun:
+    """Run ``work`` on the simulated ``nodes`` it spans: every node's job at once, each with its
+    helpers (and its caller) on the engine node hosting it.  Raises the first node's error once
+    every node has stopped.  ``on_progress(fraction)`` is called about every PROGRESS_S while the
+    jobs run (the fraction of their indices done), and with 1.0 at the end."""
+    engine = engine or default_engine()
+    hosts = engine.topology.nodes_with_cpus
+    began = time.perf_counter()
+    jobs = work.begin(node_threads(engine, nodes, threads))
+    # A numa_aware job spreads its own helpers over the nodes; others stay on their host node.
+    futures = {
+        node: engine.submit(
+            job, node=None if job.numa_aware or len(hosts) == 1 else hosts[node % len(hosts)].id
+        )
+        for node, job in jobs.items()
+    }
+    while concurrent.futures.wait(futures.values(), None if on_progress is None else PROGRESS_S).not_done:
+        if on_progress is not None:
+            on_progress(_fraction([f.progress() for f in futures.values()]))
+    if on_progress is not None:
+        on_progress(1.0)
+    for future in futures.values():
+        future.result()  # the first node's error, once every node has stopped
+    run = NodeRun({}, pages=work.pages)
+    for node, future in futures.items():
+        report = future.result()
+        ended = time.perf_counter()
+        work.end(node)
+        run.reports[node] = report
+        if report.retried:
+            run.retried[node] = report.retried
+            log.warning("node %d: a helper died; re-ran %s", node, report.retried)
+        run.node_ms[node] = (report.elapsed_s + time.perf_counter() - ended) * 1e3
+    run.elapsed_ms = (time.perf_counter() - began) * 1e3
+    return run

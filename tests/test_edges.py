@@ -1,0 +1,152 @@
+"""Edges a user hits: one validation rule for every argument, one line and exit status 2 for every
+bad command line, the README's examples as they are written."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import padata_mp
+from padata_mp import BadTypeError, BadValueError, MtJob, Padata, SharedArray
+from padata_mp import cli as command_line
+from padata_mp.mm import Machine, VerifyError, parse_size
+from tests import fns
+from tests.conftest import OwnShm
+from tests.test_cli import cli as run_cli
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+@pytest.mark.parametrize(
+    ("make", "error"),
+    [
+        (lambda: MtJob(fns.nothing, None, 0, 10, retry="no"), BadTypeError),
+        (lambda: MtJob(fns.nothing, None, 0, 10, numa_aware="no"), BadTypeError),
+        (lambda: MtJob(fns.nothing, None, 0, 10, numa_aware=None), BadTypeError),
+        (lambda: MtJob(fns.nothing, None, 0, 10, numa_aware=2), BadTypeError),
+        (lambda: MtJob(fns.nothing, None, 0, True), BadTypeError),
+        (lambda: MtJob(fns.nothing, None, 0, 10.0), BadTypeError),
+        (lambda: MtJob(fns.nothing, None, -1, 10), BadValueError),
+        (lambda: Padata(workers=True), BadTypeError),
+        (lambda: Padata(1, load_balance_factor=True), BadTypeError),
+        (lambda: Machine.create("4G", nodes=True), BadTypeError),
+        (lambda: Machine.create("4G", holes=[(1.5, 10)]), BadTypeError),
+        (lambda: Machine.create("4G", holes=[("3", "10")]), BadTypeError),
+        (lambda: parse_size("4097"), BadValueError),
+        (lambda: parse_size(True), BadTypeError),
+        (lambda: parse_size("1099511627776T"), BadValueError),
+        (lambda: SharedArray.create((True, 2)), BadTypeError),
+    ],
+)
+def test_one_rule_for_every_argument(make, error):
+    with pytest.raises(error) as info:
+        make()
+    assert isinstance(info.value, ValueError if error is BadValueError else TypeError)
+
+
+def test_numpy_integers_are_integers(engine, counts):
+    job = MtJob(
+        fns.count, counts, np.int64(0), np.uint32(1 << 20), align=np.int16(1024), max_threads=np.int8(2)
+    )
+    assert type(job.size) is int and type(job.align) is int
+    engine.do_multithreaded(job, node=np.int64(engine.topology.nodes_with_cpus[0].id))
+    assert (counts.array == 1).all()
+    with Machine.create("4G", nodes=np.int64(1), holes=[(np.int64(70_000), np.int32(70_010))]) as m:
+        assert len(m.nodes) == 1 and m.holes == ((70_000, 70_010),)
+    with pytest.raises(BadTypeError):
+        engine.submit(job, node=False)
+
+
+def test_a_block_too_big_leaves_nothing_behind():
+    shm = OwnShm()
+    with pytest.raises(padata_mp.ShmSpaceError):
+        SharedArray.create((2**62, 2), np.int64)  # 2**66 bytes: no int64 wrap to a small block
+    assert shm.left() == set()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["init", "--mem", "1099511627776T"],
+        ["init", "--mem", "4294967296T"],
+        ["init", "--mem", "4097"],
+        ["topology", "--sysfs", "/etc/passwd"],
+        ["topology", "--sysfs", "/nonexistent"],
+        ["bench", "--json", "/proc/version"],
+    ],
+)
+def test_more_bad_command_lines_exit_2_with_one_line(args):
+    shm = OwnShm()
+    out = run_cli(*args)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert len(out.stderr.strip().splitlines()) == 1 and out.stderr.startswith("padata-mp: error:"), (
+        out.stderr
+    )
+    assert shm.left(out.pid) == set()
+
+
+def test_a_failing_compiler_is_one_line_and_the_run_goes_on(tmp_path):
+    env_cc = {"CC": "/bin/false", "XDG_CACHE_HOME": str(tmp_path)}  # a fresh cache: it must compile
+    out = subprocess.run(
+        [sys.executable, "-m", "padata_mp", "bench", "--mem", "4G", "--threads", "1", "--repeat", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env_cc},
+    )
+    assert out.returncode == 0, out.stderr
+    assert "native reference skipped: /bin/false failed" in out.stderr
+    assert "Traceback" not in out.stderr and "(0)" in out.stdout
+
+
+def test_json_dash_is_standard_output():
+    out = run_cli("bench", "--mem", "4G", "--threads", "1", "--repeat", "1", "--no-native", "--json", "-")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["rows"]  # stdout is the JSON alone
+    assert "(0)" in out.stderr  # the table went to stderr
+
+
+def test_version():
+    out = run_cli("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"padata-mp {padata_mp.__version__}"
+
+
+def test_a_failed_proof_is_exit_1_and_a_bug_keeps_its_traceback(monkeypatch, capsys):
+    def failing_verify(self):
+        raise VerifyError("pfn 7: flags is 0x0, a free page has 0x1", pfn=7)
+
+    monkeypatch.setattr(Machine, "verify", failing_verify)
+    assert command_line.main(["init", "--mem", "4G", "--verify"]) == 1
+    err = capsys.readouterr().err
+    assert err == "padata-mp: pfn 7: flags is 0x0, a free page has 0x1\n"
+
+    def buggy(*args, **kwargs):
+        raise TypeError("an internal mistake")
+
+    monkeypatch.setattr("padata_mp.mm.deferred_init", buggy)
+    with pytest.raises(TypeError, match="internal mistake"):
+        command_line.main(["init", "--mem", "4G"])
+
+
+def readme_examples():
+    return re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
+
+
+@pytest.mark.parametrize("index", range(len(readme_examples())))
+def test_every_readme_example_runs_as_its_own_file(tmp_path, index):
+    script = tmp_path / f"example_{index}.py"
+    script.write_text(textwrap.dedent(readme_examples()[index]))
+    shm = OwnShm()
+    with subprocess.Popen(
+        [sys.executable, str(script)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert err == "", err
+    assert shm.left(proc.pid) == set()
