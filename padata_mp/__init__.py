@@ -10,7 +10,8 @@ with Padata() as engine, SharedArray.create(1 << 20) as block:
                                   max_threads=4))
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from importlib import import_module
+from typing import TYPE_CHECKING
 
 from .errors import (
     BadTypeError,
@@ -21,16 +22,44 @@ from .errors import (
     ShmSpaceError,
     WorkerDiedError,
 )
-from .job import MtJob, Plan, plan
-from .pool import CALLER, JobReport, Padata, default_engine, do_multithreaded
-from .running import JobFuture, Progress
-from .shm import SharedArray
-from .topology import Node, Topology, read_topology, synthetic
 
-try:
-    __version__ = version("padata_mp")
-except PackageNotFoundError:  # run from a source tree that was never installed
-    __version__ = "0+unknown"
+if TYPE_CHECKING:
+    from .job import MtJob, Plan, plan
+    from .pool import Padata, default_engine, do_multithreaded
+    from .running import CALLER, JobFuture, JobReport, Progress
+    from .shm import SharedArray
+    from .topology import Node, Topology, read_topology, synthetic
+
+# The engine is imported on first use of one of its names, not with the package: ``padata-mp``
+# can then handle Ctrl-C from its first moment, and workers load only what they run.
+_LAZY = {
+    **dict.fromkeys(("MtJob", "Plan", "plan"), ".job"),
+    **dict.fromkeys(("Padata", "default_engine", "do_multithreaded"), ".pool"),
+    **dict.fromkeys(("CALLER", "JobFuture", "JobReport", "Progress"), ".running"),
+    "SharedArray": ".shm",
+    **dict.fromkeys(("Node", "Topology", "read_topology", "synthetic"), ".topology"),
+}
+
+
+def __getattr__(name: str) -> object:
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            value: object = version("padata_mp")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            value = "0+unknown"
+    elif name in _LAZY:
+        value = getattr(import_module(_LAZY[name], __name__), name)
+    else:
+        raise AttributeError(f"module 'padata_mp' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY, "__version__"])
+
 
 __all__ = [
     "CALLER",

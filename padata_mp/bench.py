@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BadValueError
+from .interrupts import deferred_interrupts
 from .job import MtJob, claim_sequence, plan
 from .mm import pages as pg
 from .mm.deferred import DeferredInitWork, deferred_init, splice_all
@@ -45,7 +46,7 @@ from .mm.runner import NodeWork, node_threads, run_work
 from .mm.sizes import parse_size
 from .pool import Padata
 from .ranges import ceil_div
-from .shm import SharedArray, deferred_interrupts
+from .shm import SharedArray
 from .topology import Topology
 
 KERNEL_PERCENTS = (12, 25, 37, 50, 75, 100)  # the series' thread counts, as % of a node's CPUs
@@ -99,6 +100,15 @@ def thread_counts(node_cpus: int, threads: list[int] | None = None) -> list[tupl
 
 def progress(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def live(label: str) -> Callable[[float], None] | None:
+    """A running job's progress on one line of stderr, rewritten in place; None off a terminal."""
+    if not sys.stderr.isatty():
+        return None
+    return lambda done: print(
+        f"\r\033[K[bench] {label} {done:.0%}" if done < 1 else "\r\033[K", end="", file=sys.stderr, flush=True
+    )
 
 
 # -- what is measured ------------------------------------------------------------------------
@@ -442,7 +452,9 @@ def _measure(
             progress(f"ceiling, {count} thread(s) per node")
             result.ceiling_gbps[count] = ceiling(engine, load.written, count * busy_nodes)
             runs[("padata_mp", count)] = lambda c=count: (
-                run_work(load.work, range(load.nodes), engine, c).elapsed_ms
+                run_work(
+                    load.work, range(load.nodes), engine, c, live(f"padata_mp, {c} thread(s):")
+                ).elapsed_ms
             )
             if binary and load.machine:
                 runs[(NATIVE, count)] = lambda c=count: native_init(binary, load.machine, c)

@@ -6,17 +6,20 @@ Bad values exit with status 2 and one line on stderr, before any work starts.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from . import __version__
+import padata_mp
+
 from .errors import BadTypeError, BadValueError, PadataError, ShmSpaceError
-from .topology import Topology, describe, parse_synthetic, read_topology
+from .interrupts import deferred_interrupts
+
+if TYPE_CHECKING:
+    from .topology import Topology
 
 
 class UsageError(Exception):
@@ -77,6 +80,8 @@ def _output(path: str) -> str:
 
 
 def _topology(args: argparse.Namespace) -> Topology:
+    from .topology import parse_synthetic, read_topology
+
     host = read_topology(getattr(args, "sysfs", "/sys"))
     return parse_synthetic(args.synthetic, host) if args.synthetic else host
 
@@ -85,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import JOBS
 
     parser = _Parser(prog="padata-mp", description="padata's multithreaded jobs on a process pool")
-    parser.add_argument("--version", action="version", version=f"padata-mp {__version__}")
+    parser.add_argument("--version", action="version", version=f"padata-mp {padata_mp.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     topo = sub.add_parser("topology", help="print the NUMA nodes, CPUs and memory the engine will use")
     topo.add_argument("--sysfs", default="/sys", help="sysfs root to read (default /sys)")
@@ -142,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_topology(args: argparse.Namespace) -> int:
+    from .topology import describe
+
     print(describe(_topology(args), args.workers))
     return 0
 
@@ -226,25 +233,21 @@ def status(text: str) -> None:
 COMMANDS = {"topology": cmd_topology, "init": cmd_init, "bench": cmd_bench}
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
+def _interrupt(signum: int, frame: object) -> None:
     """SIGTERM unwinds like Ctrl-C, so every ``with`` block cleans up."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
+    # First thing: from here on Ctrl-C and SIGTERM end in one line, even while numpy imports.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        args = build_parser().parse_args(argv)
-        with _sigterm_as_interrupt():
-            return COMMANDS[args.command](args)
+        # The imports under a hold: a C extension that a signal interrupts mid-import turns the
+        # KeyboardInterrupt into an ImportError (numpy does), a traceback rather than one line.
+        with deferred_interrupts():
+            parser = build_parser()  # imports the benchmark, and with it the engine and numpy
+        args = parser.parse_args(argv)
+        return COMMANDS[args.command](args)
     except (UsageError, BadValueError, BadTypeError, ShmSpaceError) as exc:  # bad input, before any work
         print(f"padata-mp: error: {exc}".splitlines()[0], file=sys.stderr)
         return 2
@@ -257,3 +260,5 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (| head): quietly, as other tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    finally:
+        signal.signal(signal.SIGTERM, previous)

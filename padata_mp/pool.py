@@ -41,6 +41,7 @@ import numpy as np
 from . import shm
 from .checks import integer
 from .errors import BadTypeError, BadValueError, JobFailedError, PadataError, WorkerDiedError
+from .interrupts import deferred_interrupts
 from .job import LOAD_BALANCE_FACTOR, MtJob, kernel_nworks, pickled_call, plan
 from .ranges import Ranges
 from .running import (
@@ -115,7 +116,7 @@ class Padata:
         self.start_method = method
         self._ctx = multiprocessing.get_context(method)
         if method == "forkserver":
-            self._ctx.set_forkserver_preload(["numpy", "padata_mp"])
+            self._ctx.set_forkserver_preload(["numpy", "padata_mp.worker", "padata_mp.job"])
             _start_forkserver()
         shm.sweep_dead_owners()
         self._lock = threading.Lock()
@@ -127,7 +128,7 @@ class Padata:
         self._running: set[RunningJob] = set()
         # Ctrl-C waits while the cursors' locks are made: one landing between a named semaphore's
         # creation and its finaliser's would leave it for the resource tracker to find leaked.
-        with shm.deferred_interrupts():
+        with deferred_interrupts():
             self._cursors = [self._ctx.Value(Cursor, lock=self._ctx.Lock()) for _ in range(nworkers)]
         # Chunk each claimant holds now, (start, end), end == start when none: workers, then the
         # callers of each slot.
@@ -206,7 +207,7 @@ class Padata:
         """Stop every worker.  A job running now is stopped and raises PadataError ("engine
         closed") with its ranges not done; its helpers get ``timeout`` seconds to finish their
         chunk, then are killed.  Idempotent; Ctrl-C waits until this is done."""
-        with shm.deferred_interrupts():
+        with deferred_interrupts():
             self._close(timeout)
 
     def __enter__(self) -> Padata:
@@ -404,7 +405,7 @@ class Padata:
                 proc = self._ctx.Process(target=worker_main, args=args, name=f"padata-{wid}", daemon=True)
                 # Ctrl-C waits while a process starts: one that exists but is not in ``started``
                 # would live on, and fail loudly to open the cursors this cleanup removes.
-                with shm.deferred_interrupts():
+                with deferred_interrupts():
                     proc.start()
                     started.append(Helper(wid, nid, proc, ours))
                 theirs.close()
@@ -501,17 +502,15 @@ class Padata:
 
 
 def _start_forkserver() -> None:
-    """Start the forkserver (once per interpreter) with SIGINT ignored: a Ctrl-C during its first
-    second, while it imports numpy, would otherwise print its traceback beside ours.  Workers ignore
-    SIGINT anyway.  Only the main thread may change signal handlers; elsewhere it starts as is."""
-    if threading.current_thread() is not threading.main_thread():
-        multiprocessing.forkserver.ensure_running()
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """Start the forkserver (once per interpreter) with SIGINT blocked.  It inherits the mask, so a
+    Ctrl-C during its first second, while it imports numpy, cannot print its traceback beside ours
+    (its workers inherit it too, and ignore SIGINT anyway).  Blocked, not ignored: a Ctrl-C that
+    lands here meanwhile stays pending and is raised the moment it is unblocked, not lost."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         multiprocessing.forkserver.ensure_running()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 # -- the module-level engine -----------------------------------------------------------------

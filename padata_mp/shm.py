@@ -16,7 +16,6 @@ import errno
 import math
 import os
 import secrets
-import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -29,6 +28,7 @@ import psutil
 
 from .checks import integer
 from .errors import ShmSpaceError
+from .interrupts import deferred_interrupts
 from .ranges import roundup
 from .topology import bind_memory
 
@@ -126,28 +126,6 @@ class SharedArray:
 
     def __repr__(self) -> str:
         return f"SharedArray({self.name!r}, shape={self.shape}, dtype={self.dtype})"
-
-
-@contextlib.contextmanager
-def deferred_interrupts() -> Iterator[None]:
-    """Hold Ctrl-C (and SIGTERM) until the block ends, then raise KeyboardInterrupt: cleanup that is
-    cut short leaks the very segments it was removing.  Only the main thread can do this; elsewhere
-    the block runs as is."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = []
-    previous = {
-        sig: signal.signal(sig, lambda signum, frame: held.append(signum))
-        for sig in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if held:
-            raise KeyboardInterrupt
 
 
 class BlockOwner:

@@ -4,9 +4,11 @@ bad command line, the README's examples as they are written."""
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +114,23 @@ def test_json_dash_is_standard_output():
     assert "(0)" in out.stderr  # the table went to stderr
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("delay", [0.15, 0.3, 0.6])
+def test_an_interrupt_while_starting_up_is_one_line(sig, delay):
+    """While Python imports numpy and the engine (the first few tenths of a second), as later."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "padata_mp", "init", "--mem", "32G"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    time.sleep(delay)
+    os.killpg(proc.pid, sig) if sig == signal.SIGINT else proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err == "padata-mp: interrupted, cleaned up\n", (proc.returncode, err)
+
+
 def test_version():
     out = run_cli("--version")
     assert out.returncode == 0 and out.stdout.strip() == f"padata-mp {padata_mp.__version__}"
@@ -138,13 +157,16 @@ def readme_examples():
     return re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
 
 
+@pytest.mark.parametrize("how", ["file", "python -c"])
 @pytest.mark.parametrize("index", range(len(readme_examples())))
-def test_every_readme_example_runs_as_its_own_file(tmp_path, index):
+def test_every_readme_example_runs_as_its_own_file_and_typed_into_python_c(tmp_path, index, how):
+    code = textwrap.dedent(readme_examples()[index])
     script = tmp_path / f"example_{index}.py"
-    script.write_text(textwrap.dedent(readme_examples()[index]))
+    script.write_text(code)
     shm = OwnShm()
+    command = [sys.executable, str(script)] if how == "file" else [sys.executable, "-c", code]
     with subprocess.Popen(
-        [sys.executable, str(script)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as proc:
         _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err

@@ -215,13 +215,14 @@ def test_a_fn_arg_that_cannot_be_loaded_in_a_worker_says_so(engine, counts):
 
 START_LOOP = textwrap.dedent(
     """
-    import signal, sys
+    import faulthandler, signal, sys
     from padata_mp import Padata
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
     if __name__ == "__main__":
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test's view of a hang
         signal.signal(signal.SIGTERM, interrupt)  # as padata-mp does
         try:
             Padata(1).close()
@@ -253,7 +254,13 @@ def test_an_interrupt_while_workers_start_prints_one_line(tmp_path, sig):
             os.killpg(proc.pid, sig)  # as a terminal's Ctrl-C: the whole group
         else:
             proc.send_signal(sig)
-        _, err = proc.communicate(timeout=LIVENESS_S)
+        try:
+            _, err = proc.communicate(timeout=LIVENESS_S)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)  # every thread's stack, then give up on it
+            time.sleep(1)
+            proc.kill()
+            pytest.fail(f"no exit {LIVENESS_S} s after the signal:\n{proc.communicate()[1]}")
         assert proc.returncode == 130 and err == "interrupted\n", err
         deadline = time.monotonic() + LIVENESS_S
         while session(proc.pid) and time.monotonic() < deadline:
