@@ -501,16 +501,26 @@ class Padata:
             raise PadataError("this Padata engine is closed")
 
 
+_forkserver_started = False
+
+
 def _start_forkserver() -> None:
-    """Start the forkserver (once per interpreter) with SIGINT blocked.  It inherits the mask, so a
-    Ctrl-C during its first second, while it imports numpy, cannot print its traceback beside ours
-    (its workers inherit it too, and ignore SIGINT anyway).  Blocked, not ignored: a Ctrl-C that
-    lands here meanwhile stays pending and is raised the moment it is unblocked, not lost."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    """Start the forkserver with SIGINT ignored: it keeps that disposition across exec and hands it
+    to every worker from its first instruction, so a Ctrl-C during the server's first second (while
+    it imports numpy) or a worker's start cannot print a traceback beside ours.  Ignored in this
+    process too for those few milliseconds of fork and exec, once per interpreter: later engines
+    find it running and change nothing, so no later Ctrl-C is lost.  Only the main thread may
+    change signal handlers; elsewhere it starts as is."""
+    global _forkserver_started
+    if _forkserver_started or threading.current_thread() is not threading.main_thread():
+        multiprocessing.forkserver.ensure_running()
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         multiprocessing.forkserver.ensure_running()
+        _forkserver_started = True
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        signal.signal(signal.SIGINT, previous)
 
 
 # -- the module-level engine -----------------------------------------------------------------

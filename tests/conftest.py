@@ -14,12 +14,13 @@ def process_tree() -> set[int]:
     return {os.getpid()} | {p.pid for p in psutil.Process().children(recursive=True)}
 
 
-def maps_of(pid: int) -> str:
+def mapped_files(pid: int) -> set[str]:
+    """The paths of the files ``pid`` maps (none once it is gone)."""
     try:
         with open(f"/proc/{pid}/maps") as f:
-            return f.read()
-    except OSError:  # gone
-        return ""
+            return {fields[5] for fields in (line.split(maxsplit=5) for line in f) if len(fields) == 6}
+    except OSError:
+        return set()
 
 
 class OwnShm:
@@ -41,21 +42,21 @@ class OwnShm:
             if n.startswith("padata_mp_") and n.split("_")[2].isdigit() and int(n.split("_")[2]) in ours
         }
         sems = {n for n in new if n.startswith("sem.")}
-        mapped = "".join(maps_of(pid) for pid in ours) if sems else ""
+        mapped = set().union(*(mapped_files(pid) for pid in ours)) if sems else set()
         return blocks | {n for n in sems if f"{SHM}/{n}" in mapped}
 
 
 def children() -> set[int]:
     # The forkserver and the resource tracker are started once per interpreter and stay: not leaks.
-    me = os.getpid()
-    return {
-        p.pid
-        for p in psutil.Process().children(recursive=True)
-        if not (
-            p.ppid() == me
-            and ("forkserver" in " ".join(p.cmdline()) or "resource_tracker" in " ".join(p.cmdline()))
-        )
-    }
+    me, found = os.getpid(), set()
+    for p in psutil.Process().children(recursive=True):
+        try:
+            command = " ".join(p.cmdline())
+            if not (p.ppid() == me and ("forkserver" in command or "resource_tracker" in command)):
+                found.add(p.pid)
+        except psutil.NoSuchProcess:  # exited while we looked: not a leak
+            pass
+    return found
 
 
 def until_a_helper_dies(engine, counts, job):

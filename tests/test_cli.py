@@ -164,7 +164,9 @@ def test_bench_runs_every_kernel_job(tmp_path, job):
     assert out.returncode == 0, out.stderr
     data = json.loads((tmp_path / "b.json").read_text())
     assert data["config"]["job"] == job
-    assert [r["threads"] for r in data["rows"]] == [0, 1, 2] and data["deferred_pages"] > 0
+    node_cpus = min(len(n.cpus) for n in read_topology().nodes_with_cpus)
+    assert [r["threads"] for r in data["rows"]] == sorted({0} | {min(t, node_cpus) for t in (1, 2)})
+    assert data["deferred_pages"] > 0
     assert {p["name"] for p in data["peers"]} >= {"Pool.map", "ProcessPoolExecutor", "ThreadPoolExecutor"}
     assert not data["native"] and "no native reference" in out.stderr
     assert "node% (thr) | speedup" in out.stdout
@@ -176,7 +178,7 @@ def test_bench_runs_every_kernel_job(tmp_path, job):
 @pytest.mark.parametrize(
     "command",
     [
-        ["init", "--mem", "128G"],
+        ["init", "--mem", "128G", "--verify"],  # the proof keeps it busy past 2 s on a fast box
         ["bench", "--mem", "64G", "--no-native"],
         # A kernel job with the peers' pools starting or running when the signal lands.
         ["bench", "--job", "munmap", "--mem", "16G", "--peers"],
