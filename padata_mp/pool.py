@@ -52,6 +52,7 @@ from .running import (
     JobReport,
     RunningJob,
     call_in_caller,
+    dead_among,
     exchange,
     run_with_retry,
     undo,
@@ -116,7 +117,7 @@ class Padata:
         self.start_method = method
         self._ctx = multiprocessing.get_context(method)
         if method == "forkserver":
-            self._ctx.set_forkserver_preload(["numpy", "padata_mp.worker", "padata_mp.job"])
+            self._ctx.set_forkserver_preload(["numpy", "padata_mp.pool"])
             _start_forkserver()
         shm.sweep_dead_owners()
         self._lock = threading.Lock()
@@ -294,7 +295,8 @@ class Padata:
                 cpus = len(self.topology.node(node).cpus) if node is not None else self.topology.cpu_limit
                 wanted = min(wanted, cpus - (not caller_in_worker))
             idle = [w for w in self._workers if w.owner is None and (node is None or w.node == node)]
-            idle = [w if w.idle_alive() else self._replace(w) for w in idle]
+            gone = dead_among(idle)
+            idle = [self._replace(w) if w in gone else w for w in idle]
             idle = [w for w in idle if not w.dead]
             helpers = self._round_robin(idle, wanted) if job.numa_aware and node is None else idle[:wanted]
             if not helpers:

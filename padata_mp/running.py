@@ -132,14 +132,6 @@ class Helper:
         self.process.join(1.0)  # its pipe closes a moment before its exit status arrives
         return None
 
-    def idle_alive(self) -> bool:
-        """An idle worker sends nothing: a readable pipe means it died (its end closed at exit),
-        even before its exit status reaches us."""
-        try:
-            return self.process.is_alive() and not self.conn.poll()
-        except OSError:
-            return False
-
     def kill(self) -> None:
         self.process.kill()
         self.process.join()
@@ -358,6 +350,18 @@ class RunningJob:
     def _held(self, wid: int) -> tuple[int, int] | None:
         start, end = self.held[2 * wid], self.held[2 * wid + 1]
         return (start, end) if end > start else None
+
+
+def dead_among(idle: list[Helper]) -> set[Helper]:
+    """Which of the ``idle`` workers have died, in one look at all their pipes and sentinels: an
+    idle worker sends nothing, so a readable pipe means its end closed at exit, even before its
+    exit status reaches us."""
+    if not idle:
+        return set()
+    ready = set(
+        multiprocessing.connection.wait([*(h.conn for h in idle), *(h.process.sentinel for h in idle)], 0)
+    )
+    return {h for h in idle if h.conn in ready or h.process.sentinel in ready}
 
 
 def exchange(helpers: list[Helper], message: object, timeout: float) -> dict[int, Any]:
