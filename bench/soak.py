@@ -28,8 +28,17 @@ def snapshot() -> dict[str, float]:
         "fds": me.num_fds(),
         "threads": me.num_threads(),
         "children": len(me.children(recursive=True)),
-        "shm": len(os.listdir("/dev/shm")),
+        "shm": own_shm_entries(),
     }
+
+
+def own_shm_entries() -> int:
+    """This process's blocks in /dev/shm (named for its pid) and the named semaphores it maps: what
+    it holds there, whatever other programs create and remove beside it."""
+    blocks = [n for n in os.listdir("/dev/shm") if n.startswith(f"padata_mp_{os.getpid()}_")]
+    with open("/proc/self/maps") as f:
+        semaphores = {line.split()[-1] for line in f if "/dev/shm/sem." in line}
+    return len(blocks) + len(semaphores)
 
 
 def growth(first: dict[str, float], last: dict[str, float], **extra: float) -> dict[str, float]:
