@@ -201,7 +201,10 @@ class Padata:
         try:
             answers = exchange(idle, Attach(list(arrays)), self.reply_timeout + ATTACH_S_PER_GIB * gib)
         finally:
-            self._give_back(idle, [w for w in idle if not isinstance(answers.get(w.wid), Attached)])
+            # Cut short (Ctrl-C), an exchange has no answers: nobody is taken for dead.
+            self._give_back(
+                idle, [w for w in idle if w.wid in answers and not isinstance(answers[w.wid], Attached)]
+            )
         return {wid: a.seconds for wid, a in answers.items() if isinstance(a, Attached)}
 
     def close(self, timeout: float = DRAIN_TIMEOUT_S) -> None:
@@ -451,7 +454,7 @@ class Padata:
         try:
             answers = exchange(idle, Detach(name), self.reply_timeout)
         finally:
-            self._give_back(idle, [w for w in idle if answers.get(w.wid) is None])
+            self._give_back(idle, [w for w in idle if w.wid in answers and answers[w.wid] is None])
 
     def _close(self, timeout: float) -> None:
         with self._lock:

@@ -246,13 +246,13 @@ class RunningJob:
             ready = set(multiprocessing.connection.wait([*waiting, *sentinels], left))
             for h in [h for h in waiting.values() if h.conn in ready or h.process.sentinel in ready]:
                 reply = h.receive(h.conn in ready)
-                if isinstance(reply, JobDone) and reply.generation != self.generation:
-                    continue  # cannot happen: a helper is given a job only once it has replied
-                del waiting[h.conn]
                 if reply is None:
                     self._lose(h)
-                else:
+                elif isinstance(reply, JobDone) and reply.generation == self.generation:
                     self.replies[h.wid] = reply
+                else:  # a late answer to an exchange that Ctrl-C cut short: the reply comes next
+                    continue
+                del waiting[h.conn]
             if deadline is not None and time.monotonic() >= deadline:
                 for h in waiting.values():  # ignored the stop: killed, so nothing runs on
                     h.kill()
