@@ -1,13 +1,13 @@
 """padata_mp: the Linux kernel's padata multithreaded jobs on a persistent, NUMA-pinned process pool.
 
-    from padata_mp import MtJob, Padata, SharedArray
+from padata_mp import MtJob, Padata, SharedArray
 
-    def clear(start, end, block):        # any range it is given
-        block.array[start:end] = 1
+def clear(start, end, block):        # any range it is given
+    block.array[start:end] = 1
 
-    if __name__ == "__main__":
-        with Padata() as engine, SharedArray.create(1 << 20) as block:
-            engine.do_multithreaded(MtJob(clear, block, 0, 1 << 20, align=4096, max_threads=4))
+if __name__ == "__main__":
+    with Padata() as engine, SharedArray.create(1 << 20) as block:
+        engine.do_multithreaded(MtJob(clear, block, 0, 1 << 20, align=4096, max_threads=4))
 """
 
 from importlib import import_module

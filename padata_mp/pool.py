@@ -27,6 +27,7 @@ import atexit
 import ctypes
 import functools
 import itertools
+import math
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.forkserver
@@ -35,8 +36,6 @@ import signal
 import sys
 import threading
 import time
-
-import numpy as np
 
 from . import shm
 from .checks import integer
@@ -173,8 +172,7 @@ class Padata:
         pgdatinit is a thread bound to its node: jobs on different nodes then share no interpreter
         lock.  With no worker free, a thread of this process (bound to the node's CPUs) is the
         caller."""
-        if not isinstance(job, MtJob):
-            raise BadTypeError(f"job must be an MtJob, got {type(job).__name__}")
+        _check_job(job)
         if node is not None:
             node = self._check_node(node)
         future = JobFuture(job.size)
@@ -196,7 +194,7 @@ class Padata:
         each worker's seconds.  Busy workers, and replacements of dead ones, attach on first use;
         a worker that does not answer in time is replaced and left out."""
         self._check_open()
-        gib = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in arrays) / 2**30
+        gib = sum(math.prod(a.shape) * a.dtype.itemsize for a in arrays) / 2**30
         idle, answers = self._hold_idle("attach"), {}
         try:
             answers = exchange(idle, Attach(list(arrays)), self.reply_timeout + ATTACH_S_PER_GIB * gib)
@@ -227,8 +225,7 @@ class Padata:
     def _do(
         self, job: MtJob, node: int | None, caller_in_worker: bool, future: JobFuture | None = None
     ) -> JobReport:
-        if not isinstance(job, MtJob):
-            raise BadTypeError(f"job must be an MtJob, got {type(job).__name__}")
+        _check_job(job)
         if node is not None:
             node = self._check_node(node)
         payload = pickled_call(job)
@@ -504,6 +501,11 @@ class Padata:
     def _check_open(self) -> None:
         if self._closed:
             raise PadataError("this Padata engine is closed")
+
+
+def _check_job(job: object) -> None:
+    if not isinstance(job, MtJob):
+        raise BadTypeError(f"job must be an MtJob, got {type(job).__name__}")
 
 
 _forkserver_started = False
