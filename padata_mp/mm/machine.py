@@ -9,6 +9,7 @@ memmap is left poisoned.  ``Machine.verify`` proves the buddy allocator's side a
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -173,11 +174,11 @@ class Machine(BlockOwner):
         """Per node, its highest zone and the pfn range deferred there (holes included)."""
         return [(z, z.first_deferred_pfn, z.end_pfn) for z in (n.highest_zone for n in self.nodes)]
 
-    def deferred_free(self, zone: Zone) -> Ranges:
-        """What deferred init frees in ``zone``: its deferred range less the holes."""
+    def deferred_free(self, zone: Zone, less: Iterable[Range] = ()) -> Ranges:
+        """What deferred init frees in ``zone``: its deferred range less the holes (and ``less``)."""
         if zone is not self.nodes[zone.node].highest_zone:
             return []
-        return subtract_ranges((zone.first_deferred_pfn, zone.end_pfn), self.holes)
+        return subtract_ranges((zone.first_deferred_pfn, zone.end_pfn), [*self.holes, *less])
 
     def deferred_pfns(self) -> np.ndarray:
         """Every pfn left for deferred init: the deferred ranges less the holes."""
@@ -205,11 +206,7 @@ class Machine(BlockOwner):
     def free_ranges(self, zone: Zone) -> Ranges:
         """The zone's pfns that should be free now: what deferred init freed, less what later jobs
         allocated."""
-        return [
-            piece
-            for lo, hi in self.deferred_free(zone)
-            for piece in subtract_ranges((lo, hi), self.allocated)
-        ]
+        return self.deferred_free(zone, self.allocated)
 
     def reset(self) -> None:
         """Back to the state right after creation (early boot done, deferred pages poisoned), keeping
