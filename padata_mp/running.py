@@ -242,10 +242,9 @@ class RunningJob:
         quiet_since: dict[int, float] = {}
         while waiting:
             left = CHECK_S if deadline is None else max(0.0, deadline - time.monotonic())
-            sentinels = [h.process.sentinel for h in waiting.values()]
-            ready = set(multiprocessing.connection.wait([*waiting, *sentinels], left))
-            for h in [h for h in waiting.values() if h.conn in ready or h.process.sentinel in ready]:
-                reply = h.receive(h.conn in ready)
+            ready = ready_among(list(waiting.values()), left)
+            for h, readable in ready.items():
+                reply = h.receive(readable)
                 if reply is None:
                     self._lose(h)
                 elif isinstance(reply, JobDone) and reply.generation == self.generation:
@@ -352,16 +351,24 @@ class RunningJob:
         return (start, end) if end > start else None
 
 
+def ready_among(helpers: list[Helper], timeout: float | None) -> dict[Helper, bool]:
+    """The helpers with something to read, waiting up to ``timeout`` s for one: each with True when
+    its pipe is readable (a message, or its end closed), False when only its exit is known."""
+    if not helpers:
+        return {}
+    ready = set(
+        multiprocessing.connection.wait(
+            [*(h.conn for h in helpers), *(h.process.sentinel for h in helpers)], timeout
+        )
+    )
+    return {h: h.conn in ready for h in helpers if h.conn in ready or h.process.sentinel in ready}
+
+
 def dead_among(idle: list[Helper]) -> set[Helper]:
     """Which of the ``idle`` workers have died, in one look at all their pipes and sentinels: an
     idle worker sends nothing, so a readable pipe means its end closed at exit, even before its
     exit status reaches us."""
-    if not idle:
-        return set()
-    ready = set(
-        multiprocessing.connection.wait([*(h.conn for h in idle), *(h.process.sentinel for h in idle)], 0)
-    )
-    return {h for h in idle if h.conn in ready or h.process.sentinel in ready}
+    return set(ready_among(idle, 0))
 
 
 def exchange(helpers: list[Helper], message: object, timeout: float) -> dict[int, Any]:
@@ -377,15 +384,13 @@ def exchange(helpers: list[Helper], message: object, timeout: float) -> dict[int
             h.kill()
     deadline = time.monotonic() + timeout
     while waiting:
-        sentinels = [h.process.sentinel for h in waiting.values()]
-        left = max(0.0, deadline - time.monotonic())
-        ready = set(multiprocessing.connection.wait([*waiting, *sentinels], left))
+        ready = ready_among(list(waiting.values()), max(0.0, deadline - time.monotonic()))
         if not ready:
             for h in waiting.values():
                 h.kill_unresponsive(timeout)
             break
-        for h in [h for h in waiting.values() if h.conn in ready or h.process.sentinel in ready]:
-            answers[h.wid] = h.receive(h.conn in ready)
+        for h, readable in ready.items():
+            answers[h.wid] = h.receive(readable)
             del waiting[h.conn]
     return answers
 
@@ -394,10 +399,7 @@ def stop_claims(cursor: Any, generation: int) -> None:
     """Stop ``generation``'s claims from ``cursor``, if it is still its, even where a claimant died
     holding the cursor's lock."""
     lock = cursor.get_lock()
-    with _repairing:
-        if not lock.acquire(timeout=LOCK_STUCK_S):
-            lock.release()  # on behalf of the dead claimant that holds it
-            lock.acquire()
+    _take(lock)
     try:
         c = cursor.get_obj()
         if c.generation == generation:
@@ -410,9 +412,17 @@ def repair_lock(cursor: Any) -> None:
     """After a job lost or killed a helper, once nobody alive claims from its cursor: free the
     lock if a dead claimant still holds it, so the slot's next job can take it."""
     lock = cursor.get_lock()
+    _take(lock)
+    lock.release()
+
+
+def _take(lock: Any) -> None:
+    """Acquire a cursor's lock; one not free within LOCK_STUCK_S is a dead claimant's, released on
+    its behalf first (one repair at a time in this process)."""
     with _repairing:
-        lock.acquire(timeout=LOCK_STUCK_S)  # taken: ours to release; not: a dead claimant's
-        lock.release()
+        if not lock.acquire(timeout=LOCK_STUCK_S):
+            lock.release()
+            lock.acquire()
 
 
 def job_failed(wid: int, failed: dict[int, ChunkFailure], not_done: Ranges) -> JobFailedError:
