@@ -1,4 +1,4 @@
-"""The command line: ``padata-mp topology | init | bench``.
+"""The command line: ``padata-mp topology | init | bench | compare``.
 
 Bad values exit with status 2 and one line on stderr, before any work starts.
 """
@@ -86,8 +86,19 @@ def _topology(args: argparse.Namespace) -> Topology:
     return parse_synthetic(args.synthetic, host) if args.synthetic else host
 
 
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a percentage, like 5, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from .bench import JOBS
+    from .bench.workloads import JOBS
+    from .mm.deferred import KERNELS
 
     parser = _Parser(prog="padata-mp", description="padata's multithreaded jobs on a process pool")
     parser.add_argument("--version", action="version", version=f"padata-mp {padata_mp.__version__}")
@@ -105,13 +116,27 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--threads", type=_positive_int, help="max_threads per node (default: the node's CPUs)")
     init.add_argument("--synthetic", metavar="NxC", help="run the engine on N simulated nodes of C CPUs")
     init.add_argument("--verify", action="store_true", help="prove the result afterwards")
+    init.add_argument(
+        "--kernel",
+        choices=KERNELS,
+        default="numpy",
+        help="the chunk kernel (default numpy; c needs a C compiler)",
+    )
 
     bench = sub.add_parser("bench", help="measure a kernel job's scaling, ceiling, native and peers")
     bench.add_argument(
         "--job",
         choices=list(JOBS),
         default="init",
-        help="the job: " + "; ".join(f"{name}: {what}" for name, what in JOBS.items()) + " (default init)",
+        help="the job: "
+        + "; ".join(f"{name}: {j.description}" for name, j in JOBS.items())
+        + " (default init)",
+    )
+    bench.add_argument(
+        "--kernel",
+        choices=KERNELS,
+        help="measure the engine with this chunk kernel only (default: every kernel the job has; "
+        "init has numpy and c, which needs a C compiler)",
     )
     bench.add_argument(
         "--mem",
@@ -128,8 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the kernel series: 1 thread, then 12..100%% of a node's CPUs (default)",
     )
     bench.add_argument("--repeat", type=_positive_int, default=5, help="runs per configuration (default 5)")
-    bench.add_argument("--json", type=_output, metavar="F", help="write everything measured as JSON")
-    bench.add_argument("--csv", type=_output, metavar="F", help="write the table's rows as CSV")
+    bench.add_argument(
+        "--json", type=_output, metavar="F", help="write everything measured as JSON (- : standard output)"
+    )
+    bench.add_argument(
+        "--csv", type=_output, metavar="F", help="write every row (engine, native, peers) as CSV"
+    )
     bench.add_argument(
         "--plot", type=_output, metavar="F.png", help="plot speedup and GB/s (needs matplotlib)"
     )
@@ -143,6 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run the C reference (default on)",
     )
     bench.add_argument("--synthetic", metavar="NxC", help="run the engine on N simulated nodes of C CPUs")
+
+    comp = sub.add_parser("compare", help="compare two bench --json results, configuration by configuration")
+    comp.add_argument("a", metavar="A.json", help="the baseline")
+    comp.add_argument("b", metavar="B.json", help="the result compared with it")
+    comp.add_argument(
+        "--fail-above",
+        type=_percent,
+        metavar="PCT",
+        help="exit 1 when a configuration is significantly slower in B by more than PCT percent",
+    )
     return parser
 
 
@@ -169,7 +208,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         status("attaching the workers")
         engine.attach(*machine.shared_arrays)
         shown = (lambda done: status(f"deferred init {done:.0%}")) if sys.stderr.isatty() else None
-        result = deferred_init(machine, engine, args.threads, shown)
+        result = deferred_init(machine, engine, args.threads, shown, args.kernel)
         status("")
         print(machine.describe())
         for node, ms in sorted(result.node_ms.items()):
@@ -193,7 +232,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from . import bench
+    from .bench import report, runner
 
     if args.plot:
         try:
@@ -206,22 +245,41 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if threads and max(threads) > node_cpus:
         print(f"padata-mp: note: thread counts capped at the node's {node_cpus} CPUs", file=sys.stderr)
         threads = sorted({min(t, node_cpus) for t in threads})
-    result = bench.run(
-        args.mem, args.nodes, topology, threads, args.repeat, args.peers, args.native, args.job
+    result = runner.run(
+        args.mem,
+        args.nodes,
+        topology,
+        threads,
+        args.repeat,
+        args.peers,
+        args.native,
+        args.job,
+        args.kernel,
+        ["padata-mp", *args.argv],
     )
     # With --json -, standard output carries the JSON alone and the table goes to stderr.
-    print(bench.table(result), file=sys.stderr if args.json == "-" else sys.stdout)
+    print(report.table(result), file=sys.stderr if args.json == "-" else sys.stdout)
     if args.json == "-":
-        json.dump(bench.to_json(result), sys.stdout, indent=2)
+        json.dump(result.to_json(), sys.stdout, indent=2)
         print()
     elif args.json:
         with open(args.json, "w") as f:
-            json.dump(bench.to_json(result), f, indent=2)
+            json.dump(result.to_json(), f, indent=2)
     if args.csv:
-        bench.write_csv(result, args.csv)
+        with open(args.csv, "w", newline="") as f:
+            report.write_csv(result, f)
     if args.plot:
-        bench.plot(result, args.plot)
+        report.plot(result, args.plot)
     return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .bench import compare, results
+
+    changes = compare.compare(results.load(args.a), results.load(args.b))
+    print(compare.report(changes, args.fail_above))
+    failed = args.fail_above is not None and any(c.regressed(args.fail_above) for c in changes)
+    return 1 if failed else 0
 
 
 def status(text: str) -> None:
@@ -230,7 +288,7 @@ def status(text: str) -> None:
         print(f"\r\033[K{text and 'padata-mp: ' + text}", end="", file=sys.stderr, flush=True)
 
 
-COMMANDS = {"topology": cmd_topology, "init": cmd_init, "bench": cmd_bench}
+COMMANDS = {"topology": cmd_topology, "init": cmd_init, "bench": cmd_bench, "compare": cmd_compare}
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -246,7 +304,9 @@ def main(argv: list[str] | None = None) -> int:
         # KeyboardInterrupt into an ImportError (numpy does), a traceback rather than one line.
         with deferred_interrupts():
             parser = build_parser()  # imports the benchmark, and with it the engine and numpy
+        argv = sys.argv[1:] if argv is None else argv
         args = parser.parse_args(argv)
+        args.argv = argv
         return COMMANDS[args.command](args)
     except (UsageError, BadValueError, BadTypeError, ShmSpaceError) as exc:  # bad input, before any work
         print(f"padata-mp: error: {exc}".splitlines()[0], file=sys.stderr)

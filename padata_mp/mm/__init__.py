@@ -10,13 +10,13 @@ memory-proportional jobs run on it in parallel by the engine, each with a proof.
 | verify | the proof's checks, VerifyError and VerifySummary |
 | machine | ``Machine``: the shared blocks, early boot, save/restore, ``verify()`` |
 | runner | ``NodeWork`` and ``run_work``: one padata job per node, all at once |
-| deferred | deferred struct-page init |
+| deferred | deferred struct-page init, with numpy's chunk kernel or the C one |
 | hugetlb, pmem, mapping | the series' next jobs: huge page pools, ZONE_DEVICE, mmap/munmap/VFIO |
 
 The model uses the engine; the engine knows nothing of struct pages.
 """
 
-from .deferred import deferred_init, init_chunk
+from .deferred import KERNELS, deferred_init, init_chunk, init_chunk_c
 from .hugetlb import HugetlbFile, HugetlbPool, hugetlb_alloc, hugetlb_fallocate
 from .layout import Zone, layout
 from .machine import Machine
@@ -27,6 +27,7 @@ from .sizes import parse_size
 from .verify import VerifyError, VerifySummary
 
 __all__ = [
+    "KERNELS",
     "DeviceMemory",
     "HugetlbFile",
     "HugetlbPool",
@@ -42,6 +43,7 @@ __all__ = [
     "hugetlb_alloc",
     "hugetlb_fallocate",
     "init_chunk",
+    "init_chunk_c",
     "layout",
     "memmap_init_zone_device",
     "mmap_populate",

@@ -4,6 +4,10 @@ Each node's job covers its highest zone from the first deferred pfn, with the ke
 parameters (align = min_chunk = one section, max_threads = the node's CPUs).  A chunk initialises
 and frees its sections and records each section's freed heads; the coordinator splices the
 records into the zone's free lists when the node's job is done.
+
+Two chunk kernels do the same work to the same words: numpy's (the default) and the C kernel
+(``kernel="c"``, padata_mp.native's library through ctypes, which needs a C compiler).  The C
+kernel's time is the engine's cost plus the work's; numpy's over it is numpy's own.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..checks import require
 from ..errors import PadataError
 from ..job import MtJob
+from ..native import build, load
 from ..pool import Padata
 from ..ranges import Range, ceil_div, clip_ranges, roundup, subtract_ranges
 from ..shm import SharedArray
@@ -27,6 +33,7 @@ from .runner import NodeRun, run_work
 from .verify import VerifySummary
 
 log = logging.getLogger("padata_mp.mm")
+KERNELS = ("numpy", "c")
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,13 @@ class ZoneJob:
     zone: int
     end_pfn: int
     holes: tuple[Range, ...]
+    library: str | None = None  # the C kernel's library, for init_chunk_c
+
+
+def _check_sections(start: int, end: int, job: ZoneJob) -> None:
+    # Two calls must never share a section's record.
+    if start % pg.PAGES_PER_SECTION or (end % pg.PAGES_PER_SECTION and end < job.end_pfn):
+        raise ValueError(f"deferred init works in whole sections, got [{start}, {end})")
 
 
 def init_chunk(start: int, end: int, job: ZoneJob) -> None:
@@ -47,10 +61,9 @@ def init_chunk(start: int, end: int, job: ZoneJob) -> None:
     skipped, section by section; record each section's freed heads, linked, for the splice.
 
     The engine cuts the job on section boundaries (align = PAGES_PER_SECTION); a range that is not
-    is refused, since two calls must never share a section's record.
+    is refused.
     """
-    if start % pg.PAGES_PER_SECTION or (end % pg.PAGES_PER_SECTION and end < job.end_pfn):
-        raise ValueError(f"deferred init works in whole sections, got [{start}, {end})")
+    _check_sections(start, end, job)
     raw, pageblocks, records = job.memmap.array, job.pageblocks.array, job.records.array
     flags = pg.page_flags(job.node, job.zone)
     for section in range(start, min(end, job.end_pfn), pg.PAGES_PER_SECTION):
@@ -63,21 +76,50 @@ def init_chunk(start: int, end: int, job: ZoneJob) -> None:
         record_heads(raw, records[section // pg.PAGES_PER_SECTION], heads)
 
 
-def zone_job(machine: Machine, zone: Zone) -> ZoneJob:
+def init_chunk_c(start: int, end: int, job: ZoneJob) -> None:
+    """init_chunk in C: the same words written, through the library at ``job.library``."""
+    _check_sections(start, end, job)
+    holes = np.array(job.holes, np.int64).reshape(-1, 2)
+    error = load(job.library).padata_init_chunk(
+        job.memmap.array.ctypes.data,
+        job.pageblocks.array.ctypes.data,
+        job.records.array.ctypes.data,
+        start,
+        end,
+        job.end_pfn,
+        pg.page_flags(job.node, job.zone),
+        holes.ctypes.data,
+        len(holes),
+    )
+    if error:
+        raise OSError(-error, f"the C kernel failed on [{start}, {end})")
+
+
+def c_kernel() -> str:
+    """The C kernel's library, built now if it is not yet; PadataError saying why where it
+    cannot be (no C compiler, or the compiler failed)."""
+    built = build("library")
+    if built.path is None:
+        raise PadataError(f"the C kernel is not available: {built.why}")
+    return str(built.path)
+
+
+def zone_job(machine: Machine, zone: Zone, library: str | None = None) -> ZoneJob:
     memmap, pageblocks, records = machine.shared_arrays
     holes = tuple(clip_ranges(machine.holes, zone.start_pfn, zone.end_pfn))
-    return ZoneJob(memmap, pageblocks, records, zone.node, zone.zone, zone.end_pfn, holes)
+    return ZoneJob(memmap, pageblocks, records, zone.node, zone.zone, zone.end_pfn, holes, library)
 
 
-def init_job(machine: Machine, zone: Zone, max_threads: int) -> MtJob:
+def init_job(machine: Machine, zone: Zone, max_threads: int, library: str | None = None) -> MtJob:
     """The kernel's deferred-init job for a node's highest zone: from the first deferred pfn to
-    the zone's end rounded up to a section, align = min_chunk = one section.  ``retry=True``:
-    init_chunk rewrites whole sections and the splice comes after, so a re-run is safe."""
+    the zone's end rounded up to a section, align = min_chunk = one section; the C kernel where
+    ``library`` is given, else numpy's.  ``retry=True``: a chunk rewrites whole sections and the
+    splice comes after, so a re-run is safe."""
     start, end = zone.first_deferred_pfn, zone.end_pfn
     size = roundup(end, pg.PAGES_PER_SECTION) - start if end > start else 0
     return MtJob(
-        init_chunk,
-        zone_job(machine, zone),
+        init_chunk if library is None else init_chunk_c,
+        zone_job(machine, zone, library),
         start=start,
         size=size,
         align=pg.PAGES_PER_SECTION,
@@ -103,20 +145,29 @@ def splice_all(machine: Machine) -> None:
     machine.initialised = True
 
 
+def check_kernel(kernel: str) -> str | None:
+    """The library for ``kernel`` ("numpy": None; "c": built now); bad names are a BadValueError."""
+    require(kernel in KERNELS, f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+    return c_kernel() if kernel == "c" else None
+
+
 class DeferredInitWork:
-    """Deferred init as a NodeWork: one job per node's highest zone, the splice after it."""
+    """Deferred init as a NodeWork: one job per node's highest zone, the splice after it, with
+    ``kernel`` "numpy" or "c"."""
 
     bytes_per_page = pg.STRUCT_PAGE_SIZE
 
-    def __init__(self, machine: Machine):
+    def __init__(self, machine: Machine, kernel: str = "numpy"):
         self.machine = machine
+        self.library = check_kernel(kernel)
         self.pages = sum(machine.deferred_count(z) for z, _, _ in machine.deferred_ranges())
 
     def begin(self, threads: dict[int, int]) -> dict[int, MtJob]:
         if self.machine.initialised:
             raise PadataError("deferred init has already run on this machine")
         return {
-            z.node: init_job(self.machine, z, threads[z.node]) for z, _, _ in self.machine.deferred_ranges()
+            z.node: init_job(self.machine, z, threads[z.node], self.library)
+            for z, _, _ in self.machine.deferred_ranges()
         }
 
     def end(self, node: int) -> None:
@@ -132,6 +183,7 @@ def deferred_init(
     engine: Padata | None = None,
     threads: int | None = None,
     on_progress: Callable[[float], None] | None = None,
+    kernel: str = "numpy",
 ) -> NodeRun:
     """The kernel's deferred struct-page init: one job per node, all nodes at once.
 
@@ -139,8 +191,11 @@ def deferred_init(
     of the engine node that hosts the simulated node (or ``threads``), helpers on that node.  The
     result's ``node_ms`` holds each node's time; ``elapsed_ms`` the whole, the kernel's figure.
     Logs "node %d deferred pages initialised in %ums" per node.  ``on_progress``: see run_work.
+    ``kernel``: "numpy" (the default) or "c", the C chunk kernel, which raises PadataError before
+    any work where it cannot be built.
     """
-    run = run_work(DeferredInitWork(machine), range(len(machine.nodes)), engine, threads, on_progress)
+    work = DeferredInitWork(machine, kernel)
+    run = run_work(work, range(len(machine.nodes)), engine, threads, on_progress)
     for node, ms in run.node_ms.items():
         log.info("node %d deferred pages initialised in %ums", node, round(ms))
     return run

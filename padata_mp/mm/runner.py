@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -77,34 +78,57 @@ def run_work(
     """Run ``work`` on the simulated ``nodes`` it spans: every node's job at once, each with its
     helpers (and its caller) on the engine node hosting it.  Raises the first node's error once
     every node has stopped.  ``on_progress(fraction)`` is called about every PROGRESS_S while the
-    jobs run (the fraction of their indices done), and with 1.0 at the end."""
+    jobs run (the fraction of their indices done), and with 1.0 at the end.
+
+    Without ``on_progress``, the calling thread is the caller of the last node's job, as the
+    kernel's caller works too, where every CPU it may run on is that job's host node's (always on
+    a one-node host): a job of one call then runs right here, with no process hop, and the
+    others are submitted.  With ``on_progress`` every job is submitted and this thread reports."""
     engine = engine or default_engine()
     hosts = engine.topology.nodes_with_cpus
     began = time.perf_counter()
     jobs = work.begin(node_threads(engine, nodes, threads))
     # A numa_aware job spreads its own helpers over the nodes; others stay on their host node.
-    futures = {
-        node: engine.submit(
-            job, node=None if job.numa_aware or len(hosts) == 1 else hosts[node % len(hosts)].id
-        )
+    host = {
+        node: None if job.numa_aware or len(hosts) == 1 else hosts[node % len(hosts)].id
         for node, job in jobs.items()
     }
-    while concurrent.futures.wait(futures.values(), None if on_progress is None else PROGRESS_S).not_done:
-        if on_progress is not None:
-            on_progress(_fraction([f.progress() for f in futures.values()]))
+    here = _caller_here(engine, host) if on_progress is None and jobs else None
+    futures = {node: engine.submit(job, node=host[node]) for node, job in jobs.items() if node != here}
+    reports: dict[int, JobReport] = {}
+    ended: dict[int, float] = {}
+    try:
+        if here is not None:
+            reports[here] = engine.do_multithreaded(jobs[here], node=host[here])
+            ended[here] = time.perf_counter()
+    finally:
+        while concurrent.futures.wait(futures.values(), None if on_progress is None else PROGRESS_S).not_done:
+            if on_progress is not None:
+                on_progress(_fraction([f.progress() for f in futures.values()]))
     if on_progress is not None:
         on_progress(1.0)
     for future in futures.values():
         future.result()  # the first node's error, once every node has stopped
     run = NodeRun({}, pages=work.pages)
-    for node, future in futures.items():
-        report = future.result()
-        ended = time.perf_counter()
+    for node in jobs:
+        report = reports[node] if node in reports else futures[node].result()
+        finished = ended.get(node, time.perf_counter())
         work.end(node)
         run.reports[node] = report
         if report.retried:
             run.retried[node] = report.retried
             log.warning("node %d: a helper died; re-ran %s", node, report.retried)
-        run.node_ms[node] = (report.elapsed_s + time.perf_counter() - ended) * 1e3
+        run.node_ms[node] = (report.elapsed_s + time.perf_counter() - finished) * 1e3
     run.elapsed_ms = (time.perf_counter() - began) * 1e3
     return run
+
+
+def _caller_here(engine: Padata, host: dict[int, int | None]) -> int | None:
+    """The last simulated node whose job this thread can call for without leaving its host node:
+    every CPU this thread may run on belongs to that node (any node, on a one-node host)."""
+    allowed = os.sched_getaffinity(0)
+    for node in reversed(list(host)):
+        cpus = engine.topology.node(host[node]).cpus if host[node] is not None else None
+        if cpus is None or allowed <= set(cpus):
+            return node
+    return None

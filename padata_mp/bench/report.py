@@ -1,0 +1,167 @@
+"""A result as people and programs read it: the kernel series' table, CSV of every row, the plot.
+
+"speedup" means one thing everywhere, the kernel series' meaning: the percentage of the (0) row's
+time saved.  "ratio" is a time over another (``Nx``): the (0) row's over this row's in the main
+table; a star marks a ratio whose 95% interval excludes 1.
+"""
+
+from __future__ import annotations
+
+import csv
+from typing import IO
+
+from .results import Result, Row, label
+from .workloads import JOBS
+
+CSV_FIELDS = (
+    "kind",
+    "name",
+    "kernel",
+    "threads",
+    "node_percent",
+    "runs",
+    "time_ms",
+    "ci95_lo_ms",
+    "ci95_hi_ms",
+    "pages_per_s",
+    "gbps",
+    "ceiling_fraction",
+    "ratio_to_plain",
+)
+
+
+def _interval(row: Row) -> str:
+    lo, hi = row.ci95_ms
+    return f"{row.time_ms:8.1f} [{lo:7.1f}, {hi:7.1f}]"
+
+
+def _ratio(row: Row, against: str) -> str:
+    r = row.ratios.get(against)
+    return r.mark() if r else ""
+
+
+def table(result: Result) -> str:
+    m, config, phases = result.machine, result.config, result.phases_s
+    host_nodes = [n for n in m["nodes"] if n["cpus"]]
+    cpus = min(len(n["cpus"]) for n in host_nodes)
+    per_node = ", ".join(f"{b / 2**30:.1f}" for b in m["mem_per_node_bytes"])
+    lines = [
+        f"{m['cpu_model']}, {len(host_nodes)} node(s) x {cpus} CPU(s) ({m['topology']})",
+        f"job: {JOBS[config['job']].description}; simulated: {config['nodes']} node(s), GiB per node "
+        f"{per_node}; {m['memmap_bytes'] / 2**30:.2f} GiB written to; {result.pages} pages",
+        f"phases: create {phases['create']:.2f} s, attach {phases['attach']:.2f} s, "
+        f"verify {phases.get('verify', 0):.2f} s; engine round trip {result.round_trip_ms:.2f} ms; "
+        f"the job below: median of {config['repeat']} [95% interval]",
+        "",
+        "  node% (thr) | kernel | speedup  ratio  | time_ms [95% interval]     | Mpages/s |  GB/s "
+        "| % of ceiling | of native",
+        "  ----------- | ------ | --------------- | -------------------------- | -------- | ----- "
+        "| ------------ | ---------",
+    ]
+    for row in result.rows:
+        where = "     (0)" if row.threads == 0 else f"{row.node_percent:5.0f}% ({row.threads})"
+        ceiling = "" if row.ceiling_fraction is None else f"{100 * row.ceiling_fraction:5.1f}%"
+        lines.append(
+            f"  {where:>11} | {row.kernel:6} | {row.speedup:6.1f}% {_ratio(row, 'plain'):6} | "
+            f"{_interval(row)} | {row.pages_per_s / 1e6:8.1f} | {row.gbps:5.2f} | {ceiling:>12} | "
+            f"{_ratio(row, 'native')}"
+        )
+    if result.ceiling:
+        lines += ["", f"  ceiling ({result.ceiling_method}), GB/s by processes:"]
+        for count, by_how in result.ceiling.items():
+            lines.append(f"    {count}: " + ", ".join(f"{how} {gbps:.1f}" for how, gbps in by_how.items()))
+    others = result.native + result.peers
+    if others:
+        lines += [
+            "",
+            "  other (thr)                 | kernel | time_ms [95% interval]     | Mpages/s "
+            "| padata_mp / this",
+        ]
+        for o in others:
+            lines.append(
+                f"  {o.name + f' ({o.threads})':27} | {o.kernel:6} | {_interval(o)} | "
+                f"{o.pages_per_s / 1e6:8.1f} | {_ratio(o, 'padata_mp')}"
+            )
+    lines += [
+        "",
+        "  speedup: % of the (0) row's time saved; ratio: the (0) row's time over this; of native: the",
+        "  native reference's time over this; padata_mp / this: the engine's time (same kernel and",
+        "  threads) over this; * where the ratio's 95% interval excludes 1.",
+    ]
+    for note, items in (("skipped", result.skipped), ("warnings", result.warnings)):
+        if items:
+            lines += ["", f"  {note}:"] + [f"  - {item}" for item in items]
+    return "\n".join(lines)
+
+
+def write_csv(result: Result, out: IO[str]) -> None:
+    """Every row (plain, engine, native, peers), one line each, with its kind."""
+    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    for row in result.all_rows():
+        plain = row.ratios.get("plain")
+        writer.writerow(
+            {
+                **{k: getattr(row, k) for k in ("kind", "name", "kernel", "threads", "node_percent")},
+                "runs": len(row.times_ms),
+                "time_ms": row.time_ms,
+                "ci95_lo_ms": row.ci95_ms[0],
+                "ci95_hi_ms": row.ci95_ms[1],
+                **{k: getattr(row, k) for k in ("pages_per_s", "gbps", "ceiling_fraction")},
+                "ratio_to_plain": plain.value if plain else "",
+            }
+        )
+
+
+def plot(result: Result, path: str) -> None:
+    """Two panels: each configuration's ratio to its (0) row (the ideal line: the thread count),
+    and GB/s written with the store ceiling; error bars are the 95% intervals; a caption names
+    the machine, the memory and the date."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[Row]] = {}
+    for row in result.all_rows():
+        if row.threads:
+            series.setdefault(label(row).rsplit(" (", 1)[0], []).append(row)
+    threads = sorted({r.threads for rows in series.values() for r in rows})
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5))
+    for name, rows in series.items():
+        style = "o-" if rows[0].kind == "padata_mp" else "s--" if rows[0].kind == "native" else ".:"
+        xs = [r.threads for r in rows]
+        if all("plain" in r.ratios for r in rows):
+            ratios = [r.ratios["plain"] for r in rows]
+            errors = [[r.value - r.ci95[0] for r in ratios], [r.ci95[1] - r.value for r in ratios]]
+            ax1.errorbar(xs, [r.value for r in ratios], yerr=errors, fmt=style, capsize=3, label=name)
+        gbps = [r.gbps for r in rows]
+        # The GB/s interval from the time's: GB/s falls as time rises.
+        errors = [
+            [g - g * r.time_ms / r.ci95_ms[1] for g, r in zip(gbps, rows, strict=True)],
+            [g * r.time_ms / r.ci95_ms[0] - g for g, r in zip(gbps, rows, strict=True)],
+        ]
+        ax2.errorbar(xs, gbps, yerr=errors, fmt=style, capsize=3, label=name)
+    ax1.plot(threads, threads, "k:", linewidth=1, label="ideal")
+    ax1.set(xlabel="threads per node", ylabel="ratio: (0) row's time / this", xticks=threads)
+    ax1.set_title(f"{JOBS[result.config['job']].description}: scaling")
+    ax1.set_ylim(bottom=0)
+    ax1.legend(fontsize="small")
+    if result.ceiling:
+        counts = sorted(result.ceiling)
+        ax2.plot(counts, [max(result.ceiling[t].values()) for t in counts], "k--", label="store ceiling")
+    ax2.set(xlabel="threads per node", ylabel="GB/s written", title="bandwidth", xticks=threads)
+    ax2.set_ylim(bottom=0)
+    ax2.legend(fontsize="small")
+    m = result.machine
+    fig.text(
+        0.5,
+        0.01,
+        f"{m['cpu_model']}, {m['cores']} CPUs; {result.config['mem']} simulated, {result.pages} pages; "
+        f"{result.meta.get('created', '')}; error bars: 95% intervals",
+        ha="center",
+        fontsize="small",
+    )
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,207 @@
+"""What a benchmark run measured, as typed rows, and the JSON that keeps it (schema
+``padata_mp.bench/2``, docs/bench-schema.md).
+
+Every configuration is a ``Row``: the plain single-process loop (the kernel series' "(0)" row), the
+engine at a thread count, the native C reference, or a Python peer; each keeps every run's time.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..errors import BadValueError
+from .stats import Ratio, median_ci95, ratio
+
+SCHEMA = "padata_mp.bench/2"
+KINDS = ("plain", "padata_mp", "native", "peer")
+NATIVE = "native (C, pthreads)"
+# The warnings' thresholds.
+SPREAD = 0.10  # the median's 95% interval wider than this fraction of it
+MIN_RUNS = 5
+ROUND_TRIPS = 20  # a job shorter than this many engine round trips measures the engine
+LOAD_AVERAGE = 0.5
+
+
+@dataclass
+class Row:
+    """One configuration's runs and what follows from them.  ``kind``: one of KINDS; ``kernel``:
+    the chunk work ("numpy" or "c"); ``threads``: 0 for the plain row.  ``ratios`` hold other
+    configurations' median time over this one's: "plain" (the plain row of the same kernel: the
+    table's ratio), "native" (the native reference at the same threads), "padata_mp" (the engine
+    with the same kernel at the same threads)."""
+
+    kind: str
+    name: str
+    kernel: str
+    threads: int
+    times_ms: list[float]
+    node_percent: float = 0.0
+    pages_per_s: float = 0.0
+    gbps: float = 0.0
+    ceiling_fraction: float | None = None
+    ratios: dict[str, Ratio] = field(default_factory=dict)
+
+    @property
+    def time_ms(self) -> float:
+        return statistics.median(self.times_ms)
+
+    @property
+    def ci95_ms(self) -> tuple[float, float]:
+        return median_ci95(self.times_ms)
+
+    @property
+    def key(self) -> tuple[str, str, str, int]:
+        """What names the configuration across runs and machines."""
+        return self.kind, self.name, self.kernel, self.threads
+
+    @property
+    def speedup(self) -> float:
+        """The kernel series' speedup: the percentage of the plain row's time saved."""
+        plain = self.ratios.get("plain")
+        return 100.0 * (1 - 1 / plain.value) if plain else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["time_ms"], data["ci95_ms"], data["speedup"] = self.time_ms, list(self.ci95_ms), self.speedup
+        data["ratios"] = {
+            k: {"value": r.value, "ci95": list(r.ci95), "significant": r.significant}
+            for k, r in self.ratios.items()
+        }
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Row:
+        ratios = {k: Ratio(r["value"], tuple(r["ci95"])) for k, r in data.get("ratios", {}).items()}
+        fields = {k: data[k] for k in ("kind", "name", "kernel", "threads", "times_ms")}
+        return cls(**fields, ratios=ratios)
+
+
+@dataclass
+class Result:
+    """Everything one ``padata-mp bench`` run measured.  ``ceiling``: the store bandwidth per
+    process count, GB/s by how it was stored, and ``ceiling_method`` says how it was measured.
+    ``skipped`` says what was not measured and why (no compiler, a job without a native
+    reference)."""
+
+    machine: dict[str, Any]
+    config: dict[str, Any]
+    pages: int = 0  # what the job works on (deferred init's deferred pages, by default)
+    bytes_per_page: int = 64
+    phases_s: dict[str, float] = field(default_factory=dict)
+    round_trip_ms: float = 0.0  # the engine's: an empty job of a few chunks, median
+    ceiling: dict[int, dict[str, float]] = field(default_factory=dict)
+    ceiling_method: str = ""
+    rows: list[Row] = field(default_factory=list)  # plain and padata_mp
+    native: list[Row] = field(default_factory=list)
+    peers: list[Row] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)  # schema, version, created, argv
+
+    def all_rows(self) -> list[Row]:
+        return [*self.rows, *self.native, *self.peers]
+
+    def find(self, kind: str, kernel: str, threads: int) -> Row | None:
+        return next(
+            (r for r in self.all_rows() if (r.kind, r.kernel, r.threads) == (kind, kernel, threads)), None
+        )
+
+    def finish(self) -> None:
+        """Rates, ceiling fractions, ratios and warnings, from the runs."""
+        node_cpus = min(len(n["cpus"]) for n in self.machine["nodes"] if n["cpus"])
+        for row in self.all_rows():
+            row.node_percent = 100.0 * row.threads / node_cpus
+            row.pages_per_s = self.pages / (row.time_ms / 1e3)
+            row.gbps = row.pages_per_s * self.bytes_per_page / 1e9
+            ceiling = max(self.ceiling.get(row.threads or 1, {}).values(), default=0.0)
+            row.ceiling_fraction = row.gbps / ceiling if ceiling else None
+            against = {
+                "plain": self.find("plain", row.kernel, 0),
+                "native": self.find("native", "c", row.threads) if row.threads else None,
+                "padata_mp": self.find("padata_mp", row.kernel, row.threads),
+            }
+            row.ratios = {
+                name: ratio(other.times_ms, row.times_ms)
+                for name, other in against.items()
+                if other is not None and other is not row
+            }
+        self.warnings = warnings(self)
+
+    def to_json(self) -> dict[str, Any]:
+        data = {**self.meta, **asdict(self)}
+        del data["meta"]
+        data["ceiling"] = {
+            "method": self.ceiling_method,
+            "gbps": {str(k): v for k, v in self.ceiling.items()},
+        }
+        del data["ceiling_method"]
+        for name in ("rows", "native", "peers"):
+            data[name] = [r.to_json() for r in getattr(self, name)]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], source: str = "the result") -> Result:
+        """A result written by ``to_json``; BadValueError for anything else (an older schema)."""
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            found = data.get("schema", "none") if isinstance(data, dict) else type(data).__name__
+            raise BadValueError(
+                f"{source} is not a padata-mp bench result of schema {SCHEMA} (found {found})"
+            )
+        meta = {k: data[k] for k in ("schema", "padata_mp_version", "created", "argv") if k in data}
+        result = cls(data["machine"], data["config"], data["pages"], data["bytes_per_page"], meta=meta)
+        result.rows, result.native, result.peers = (
+            [Row.from_json(r) for r in data[name]] for name in ("rows", "native", "peers")
+        )
+        result.warnings, result.skipped = data["warnings"], data["skipped"]
+        return result
+
+
+def load(path: str) -> Result:
+    """A result from a JSON file; BadValueError naming the file where it cannot be read."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except OSError as exc:
+        raise BadValueError(f"cannot read {path!r}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise BadValueError(f"{path!r} is not JSON: {exc}") from None
+    return Result.from_json(data, repr(path))
+
+
+def warnings(result: Result) -> list[str]:
+    """What makes this run's figures less than trustworthy, one line each."""
+    out = []
+    for row in result.all_rows():
+        lo, hi = row.ci95_ms
+        if (hi - lo) / row.time_ms > SPREAD:
+            out.append(f"{label(row)}: spread {(hi - lo) / row.time_ms:.0%} (95% interval over the median)")
+    runs = min(len(r.times_ms) for r in result.all_rows())
+    if runs < MIN_RUNS:
+        out.append(f"{runs} run(s) per configuration: fewer than {MIN_RUNS}, the intervals are [min, max]")
+    short = [label(r) for r in result.all_rows() if r.time_ms < ROUND_TRIPS * result.round_trip_ms]
+    if short:
+        out.append(
+            f"shorter than {ROUND_TRIPS}x the engine's round trip ({result.round_trip_ms:.2f} ms), "
+            f"so the engine's fixed cost weighs: {', '.join(short)}"
+        )
+    best = [(t, max(c.values())) for t, c in sorted(result.ceiling.items())]
+    for (t1, g1), (t2, g2) in itertools.pairwise(best):
+        if g2 < g1:
+            out.append(f"the store ceiling falls from {g1:.1f} GB/s at {t1} to {g2:.1f} at {t2} processes")
+    load_average = result.machine.get("load_average", [0.0])[0]
+    if load_average > LOAD_AVERAGE:
+        out.append(f"load average {load_average:.2f} when the run started: other work shared the CPUs")
+    return out
+
+
+def label(row: Row) -> str:
+    """How a row is named in prose: ``padata_mp (numpy) (2)``, ``(0) (c)``, ``Pool.map (2)``."""
+    if row.kind == "plain":
+        return f"(0) ({row.kernel})"
+    if row.kind == "padata_mp":
+        return f"padata_mp ({row.kernel}) ({row.threads})"
+    return f"{row.name} ({row.threads})"
