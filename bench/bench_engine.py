@@ -3,11 +3,10 @@ once, untimed, as correctness checks."""
 
 import numpy as np
 import pytest
+from noop import nothing  # this folder is on sys.path (pytest puts it there)
 
 from padata_mp import MtJob, Padata, SharedArray
 from padata_mp.job import claim_sequence, plan
-
-from .noop import nothing
 
 
 @pytest.fixture(scope="module")

@@ -80,6 +80,12 @@ def test_nodes_auto_simulates_the_synthetic_topologys_nodes(nodes):
         ["bench", "--job", "defrag"],
         ["bench", "--job", "fallocate", "--mem", "1M"],  # less than one huge page
         ["bench", "--job", "hugetlb-1g", "--mem", "5G"],  # no whole GiB deferred
+        ["bench", "--job", "pmem", "--kernel", "c"],  # only deferred init has a C kernel
+        ["bench", "--kernel", "fortran"],
+        ["init", "--kernel", "fortran"],
+        ["compare", "only-one.json"],
+        ["compare", "/nonexistent/a.json", "/nonexistent/b.json"],
+        ["compare", "a.json", "b.json", "--fail-above", "lots"],
         ["topology", "--workers", "-1"],
         ["frobnicate"],
         [],
@@ -129,17 +135,47 @@ def test_bench_writes_json_and_csv(tmp_path):
     assert out.returncode == 0, out.stderr
     node_cpus = min(len(n.cpus) for n in read_topology().nodes_with_cpus)
     assert ("capped" in out.stderr) == (node_cpus < 64)  # thread counts past a node's CPUs
-    assert "node% (thr) | speedup" in out.stdout and "(0)" in out.stdout
+    assert "node% (thr) | kernel | speedup" in out.stdout and "(0)" in out.stdout
     data = json.loads((tmp_path / "b.json").read_text())
-    assert data["deferred_pages"] == 2**18 - 2**15
-    assert [r["threads"] for r in data["rows"]] == sorted({0} | {min(t, node_cpus) for t in (1, 2, 64)})
-    for row in data["rows"]:
-        assert row["time_ms"] > 0 and row["pages_per_s"] > 0
-    assert {"cpu_model", "kernel", "thp", "python", "numpy", "start_method"} <= set(data["machine"])
-    assert data["ceiling_gbps"]
-    if data["native"]:
-        assert {n["threads"] for n in data["native"]} == {r["threads"] for r in data["rows"] if r["threads"]}
-    assert (tmp_path / "b.csv").read_text().startswith("threads,node_percent,time_ms")
+    assert data["schema"] == "padata_mp.bench/2"
+    assert data["argv"][1:] == [
+        "bench",
+        "--mem",
+        "5G",
+        "--threads",
+        "1,2,64",
+        "--repeat",
+        "2",
+        "--json",
+        str(tmp_path / "b.json"),
+        "--csv",
+        str(tmp_path / "b.csv"),
+    ]
+    assert data["created"].endswith("+00:00") and data["padata_mp_version"]
+    assert data["pages"] == 2**18 - 2**15
+    # One (0) row and one row per thread count for each kernel measured: numpy always, C where
+    # a compiler is found (and then the native rows too).
+    kernels = data["config"]["kernels"]
+    assert kernels[0] == "numpy" and set(kernels) <= {"numpy", "c"}
+    assert ("c" in kernels) == (not data["skipped"])
+    counts = sorted({0} | {min(t, node_cpus) for t in (1, 2, 64)})
+    assert [(r["kernel"], r["threads"]) for r in data["rows"]] == [(k, t) for k in kernels for t in counts]
+    for row in data["rows"] + data["native"]:
+        assert len(row["times_ms"]) == 2 and row["time_ms"] > 0 and row["pages_per_s"] > 0
+        assert min(row["times_ms"]) <= row["ci95_ms"][0] <= row["time_ms"] <= row["ci95_ms"][1]
+        assert row["ci95_ms"][1] <= max(row["times_ms"])
+        if row["kind"] == "padata_mp":
+            plain = row["ratios"]["plain"]
+            assert plain["ci95"][0] <= plain["value"] <= plain["ci95"][1]
+    assert any("fewer than 5" in w for w in data["warnings"])  # 2 runs each
+    machine = data["machine"]
+    assert {"cpu_model", "kernel", "thp", "python", "numpy", "start_method", "load_average"} <= set(machine)
+    assert data["ceiling"]["gbps"] and data["ceiling"]["method"]
+    if "c" in kernels:
+        assert {n["threads"] for n in data["native"]} == set(counts) - {0}
+    lines = (tmp_path / "b.csv").read_text().splitlines()
+    assert lines[0].startswith("kind,name,kernel,threads,")
+    assert len(lines) == 1 + len(data["rows"]) + len(data["native"]) + len(data["peers"])
     assert shm.left(out.pid) == set()
 
 
@@ -166,10 +202,10 @@ def test_bench_runs_every_kernel_job(tmp_path, job):
     assert data["config"]["job"] == job
     node_cpus = min(len(n.cpus) for n in read_topology().nodes_with_cpus)
     assert [r["threads"] for r in data["rows"]] == sorted({0} | {min(t, node_cpus) for t in (1, 2)})
-    assert data["deferred_pages"] > 0
+    assert data["pages"] > 0
     assert {p["name"] for p in data["peers"]} >= {"Pool.map", "ProcessPoolExecutor", "ThreadPoolExecutor"}
     assert not data["native"] and "no native reference" in out.stderr
-    assert "node% (thr) | speedup" in out.stdout
+    assert "node% (thr) | kernel | speedup" in out.stdout
     assert shm.left(out.pid) == set()
 
 

@@ -61,7 +61,7 @@ def test_a_sigkilled_coordinator_leaves_no_worker_and_no_segment(tmp_path):
 @pytest.mark.parametrize(("soak", "count"), [("soak_jobs", 10_000), ("soak_machines", 200)])
 def test_soak_stays_flat(soak, count):
     """10,000 jobs on one engine; 200 create/init/verify/close cycles of a small machine."""
-    from bench import soak as soaks
+    from tests import soak as soaks
 
     figures = getattr(soaks, soak)(count)
     assert figures["rss_growth_mib"] < 20, figures

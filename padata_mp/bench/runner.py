@@ -84,17 +84,18 @@ def run(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "argv": argv if argv is not None else sys.argv,
     }
-    kernels = _kernels(spec, kernel, result.skipped)
-    library = build("library")
-    if library.path is None:
-        _skip(result.skipped, f"native ceiling skipped, numpy's through the engine instead: {library.why}")
-    program = _native_program(job, with_native, result.skipped)
-    result.config["kernels"] = kernels
     workers = max(counts) * len(topology.nodes_with_cpus)
     began = time.perf_counter()
     # The blocks first: their checks (sizes, nodes, room in /dev/shm) come before any process starts.
     with contextlib.ExitStack() as stack:
         base = stack.enter_context(spec.create(mem, nodes, topology))
+        kernels = result.config["kernels"] = _kernels(spec, kernel, result.skipped)
+        library = build("library")
+        if library.path is None:
+            _skip(
+                result.skipped, f"native ceiling skipped, numpy's through the engine instead: {library.why}"
+            )
+        program = _native_program(job, with_native, result.skipped)
         progress(f"preparing {spec.description} on {parse_size(mem) / 2**30:g} GiB")
         engine = stack.enter_context(Padata(workers, topology=topology))
         result.machine["start_method"] = engine.start_method

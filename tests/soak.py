@@ -1,7 +1,7 @@
 """Soak: many jobs on one engine, and many machines created, initialised, verified and closed.
 Prints how RSS, open file descriptors, threads, child processes and /dev/shm entries move.
 
-    .venv/bin/python bench/soak.py [--jobs 10000] [--machines 200]
+    .venv/bin/python -m tests.soak [--jobs 10000] [--machines 200]
 """
 
 from __future__ import annotations

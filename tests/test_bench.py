@@ -1,0 +1,281 @@
+"""The benchmark as a measuring instrument: its statistics, warnings, JSON, comparison, the C
+kernel it measures the engine with, and the native code built from the installed package."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from padata_mp import BadValueError
+from padata_mp.bench import compare, results
+from padata_mp.bench.results import Result, Row
+from padata_mp.bench.stats import median_ci95, ratio
+from padata_mp.mm import Machine, deferred_init
+from padata_mp.native import build
+from tests.conftest import OwnShm
+
+HAVE_C = build("library").path is not None
+needs_c = pytest.mark.skipif(not HAVE_C, reason=f"no C kernel here: {build('library').why}")
+
+
+def test_the_medians_interval_is_order_statistics():
+    times = [float(t) for t in range(1, 10)]  # 9 runs: ranks 2 and 8 hold the median 96% of the time
+    assert median_ci95(times) == (2.0, 8.0)
+    assert median_ci95([5.0, 1.0, 3.0, 2.0, 4.0]) == (1.0, 5.0)  # under 6 runs: [min, max]
+    assert median_ci95([7.0]) == (7.0, 7.0)
+
+
+def test_a_ratio_is_significant_only_beyond_the_noise():
+    rng = np.random.default_rng(1)
+    base = list(100 + rng.normal(0, 1, 9))
+    slower = [t * 1.2 for t in base]
+    assert ratio(slower, base).significant and 1.15 < ratio(slower, base).value < 1.25
+    same = list(100 + rng.normal(0, 1, 9))
+    assert not ratio(same, base).significant
+    assert ratio(slower, base) == ratio(slower, base)  # a fixed seed: the same runs, the same interval
+
+
+def machine_of(cpus: int) -> dict:
+    return {"nodes": [{"node": 0, "cpus": list(range(cpus)), "mem_bytes": 1}], "load_average": [0.0, 0, 0]}
+
+
+def result_of(rows: list[Row], **fields) -> Result:
+    result = Result(machine_of(2), {"job": "init", "mem": "8G", "repeat": 9}, pages=1 << 20, **fields)
+    result.rows = [r for r in rows if r.kind in ("plain", "padata_mp")]
+    result.native = [r for r in rows if r.kind == "native"]
+    result.peers = [r for r in rows if r.kind == "peer"]
+    result.meta = {"schema": results.SCHEMA}
+    result.finish()
+    return result
+
+
+def steady(ms: float, n: int = 9) -> list[float]:
+    return [ms * (1 + 0.001 * i) for i in range(n)]
+
+
+def test_warnings_flag_what_makes_figures_untrustworthy():
+    rows = [
+        Row("plain", "(0)", "numpy", 0, steady(100)),
+        Row("padata_mp", "padata_mp", "numpy", 1, [100, 100, 100, 130, 70, 100, 100, 160, 50]),
+        Row("padata_mp", "padata_mp", "numpy", 2, steady(1.0)),
+    ]
+    result = result_of(rows, round_trip_ms=0.2, ceiling={1: {"plain": 20.0}, 2: {"plain": 15.0}})
+    text = "\n".join(result.warnings)
+    assert "padata_mp (numpy) (1): spread" in text
+    assert "(0) (numpy): spread" not in text
+    assert "round trip" in text and "padata_mp (numpy) (2)" in text  # 1 ms < 20 x 0.2 ms
+    assert "ceiling falls from 20.0 GB/s at 1 to 15.0 at 2" in text
+    assert "fewer than" not in text and "load average" not in text
+    few = result_of([Row("plain", "(0)", "numpy", 0, [1.0, 1.0, 1.0])], round_trip_ms=0.0)
+    assert any("3 run(s) per configuration" in w for w in few.warnings)
+    busy = result_of([Row("plain", "(0)", "numpy", 0, steady(5))])
+    busy.machine["load_average"] = [1.5, 1, 1]
+    busy.finish()
+    assert any("load average 1.50" in w for w in busy.warnings)
+
+
+def test_ratios_compare_like_with_like():
+    rows = [
+        Row("plain", "(0)", "numpy", 0, steady(100)),
+        Row("padata_mp", "padata_mp", "numpy", 2, steady(50)),
+        Row("plain", "(0)", "c", 0, steady(40)),
+        Row("padata_mp", "padata_mp", "c", 2, steady(25)),
+        Row("native", results.NATIVE, "c", 2, steady(24)),
+        Row("peer", "Pool.map", "numpy", 2, steady(55)),
+    ]
+    result = result_of(rows)
+    engine_c = result.find("padata_mp", "c", 2)
+    assert engine_c.ratios["plain"].value == pytest.approx(40 / 25)
+    assert engine_c.ratios["native"].value == pytest.approx(24 / 25)
+    assert result.find("padata_mp", "numpy", 2).speedup == pytest.approx(50.0)
+    assert result.find("peer", "numpy", 2).ratios["padata_mp"].value == pytest.approx(50 / 55)
+    assert result.find("native", "c", 2).ratios["padata_mp"].value == pytest.approx(25 / 24)
+
+
+def test_json_keeps_every_run_and_refuses_other_schemas(tmp_path):
+    result = result_of(
+        [Row("plain", "(0)", "numpy", 0, steady(100)), Row("peer", "joblib", "numpy", 1, steady(9))]
+    )
+    data = json.loads(json.dumps(result.to_json()))
+    assert data["schema"] == "padata_mp.bench/2"
+    assert data["rows"][0]["times_ms"] == steady(100) and data["peers"][0]["name"] == "joblib"
+    again = Result.from_json(data)
+    assert [r.key for r in again.all_rows()] == [r.key for r in result.all_rows()]
+    with pytest.raises(BadValueError, match=r"schema padata_mp\.bench/2 \(found none\)"):
+        Result.from_json({"rows": []})
+    path = tmp_path / "b.json"
+    path.write_text("{not json")
+    with pytest.raises(BadValueError, match="is not JSON"):
+        results.load(str(path))
+
+
+def test_compare_flags_only_significant_slowdowns_past_the_threshold():
+    a = result_of(
+        [Row("plain", "(0)", "numpy", 0, steady(100)), Row("padata_mp", "padata_mp", "numpy", 1, steady(50))]
+    )
+    b = result_of(
+        [
+            Row("plain", "(0)", "numpy", 0, steady(100.05)),
+            Row("padata_mp", "padata_mp", "numpy", 1, steady(60)),
+        ]
+    )
+    changes = {c.name: c for c in compare.compare(a, b)}
+    assert not changes["(0) (numpy)"].ratio.significant
+    slower = changes["padata_mp (numpy) (1)"]
+    assert slower.ratio.value == pytest.approx(1.2) and slower.ratio.significant
+    assert slower.regressed(10) and not slower.regressed(25)
+    assert "slower (past 10%)" in compare.report(list(changes.values()), 10)
+    other = result_of([Row("plain", "(0)", "numpy", 0, steady(100))])
+    other.pages = 7
+    with pytest.raises(BadValueError, match="different work: pages"):
+        compare.compare(a, other)
+
+
+def test_compare_on_the_command_line(tmp_path):
+    a = result_of(
+        [Row("plain", "(0)", "numpy", 0, steady(100)), Row("padata_mp", "padata_mp", "numpy", 1, steady(50))]
+    )
+    b = result_of(
+        [Row("plain", "(0)", "numpy", 0, steady(100)), Row("padata_mp", "padata_mp", "numpy", 1, steady(70))]
+    )
+    for name, result in (("a", a), ("b", b)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(result.to_json()))
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "padata_mp", "compare", *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    same = run(str(tmp_path / "a.json"), str(tmp_path / "a.json"), "--fail-above", "5")
+    assert same.returncode == 0 and "same" in same.stdout and "slower" not in same.stdout
+    worse = run(str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--fail-above", "5")
+    assert worse.returncode == 1 and "slower (past 5%)" in worse.stdout
+    assert run(str(tmp_path / "a.json"), str(tmp_path / "b.json")).returncode == 0  # no threshold: a report
+    # A result of the first schema (no "schema" field) is refused in one line.
+    old = run("docs/bench-dev-2cpu.json", str(tmp_path / "a.json"))
+    assert old.returncode == 2 and old.stderr.count("\n") == 1 and "schema" in old.stderr
+
+
+@needs_c
+def test_the_c_kernel_writes_the_same_words_as_numpy(engine):
+    """Every word of the memmap, the pageblocks, the records and the zones, with holes inside and
+    across sections, on two nodes."""
+    holes = [(600_000, 700_000), (800_001, 800_100), (1_200_003, 1_300_000)]
+    words = {}
+    for kernel in ("numpy", "c"):
+        with Machine.create("6G", 2, holes=holes) as machine:
+            engine.attach(*machine.shared_arrays)
+            deferred_init(machine, engine, kernel=kernel)
+            machine.verify()
+            words[kernel] = [*(a.array.copy() for a in machine.shared_arrays), machine.zones.copy()]
+    for numpy_words, c_words in zip(words["numpy"], words["c"], strict=True):
+        assert np.array_equal(numpy_words, c_words)
+
+
+@needs_c
+def test_the_c_kernel_refuses_what_numpy_refuses(engine):
+    from padata_mp.mm import init_chunk, init_chunk_c
+    from padata_mp.mm.deferred import c_kernel, zone_job
+
+    with Machine.create("5G", 1) as machine:
+        zone = machine.nodes[0].highest_zone
+        for thread_fn, job in (
+            (init_chunk, zone_job(machine, zone)),
+            (init_chunk_c, zone_job(machine, zone, c_kernel())),
+        ):
+            with pytest.raises(ValueError, match="whole sections"):
+                thread_fn(zone.first_deferred_pfn + 1, zone.end_pfn, job)
+
+
+def test_a_kernel_is_named_and_checked_before_any_work():
+    with Machine.create("5G", 1) as machine:
+        with pytest.raises(BadValueError, match="kernel must be one of numpy, c"):
+            deferred_init(machine, kernel="fortran")
+        assert not machine.initialised
+
+
+def test_without_a_compiler_the_c_kernel_says_why(tmp_path):
+    code = (
+        "from padata_mp.mm import Machine, deferred_init\n"
+        "from padata_mp import PadataError\n"
+        "with Machine.create('5G', 1) as m:\n"
+        "    try:\n"
+        "        deferred_init(m, kernel='c')\n"
+        "    except PadataError as e:\n"
+        "        print(e)\n"
+    )
+    env = {"PATH": "/nonexistent", "CC": "no-such-cc", "XDG_CACHE_HOME": str(tmp_path), "HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert out.stdout.strip() == "the C kernel is not available: no C compiler (set CC, or install gcc)", out
+    bench = subprocess.run(
+        [sys.executable, "-m", "padata_mp", "bench", "--kernel", "c", "--mem", "5G"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert bench.returncode == 1 and bench.stderr.splitlines() == [
+        "padata-mp: the C kernel is not available: no C compiler (set CC, or install gcc)"
+    ]
+
+
+@needs_c
+def test_native_code_is_built_once_per_source_into_the_cache(tmp_path, monkeypatch):
+    """From the package's own files (importlib.resources), so it works from an installed wheel;
+    the file's name carries the source's hash, and a second build reuses it."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    build.cache_clear()
+    try:
+        first = build("program")
+        assert first.path.parent == tmp_path / "padata_mp" and first.path.name.startswith(
+            "deferred_init-program-"
+        )
+        stamp = first.path.stat().st_mtime_ns
+        build.cache_clear()
+        assert build("program").path == first.path and first.path.stat().st_mtime_ns == stamp
+        assert [p.name for p in first.path.parent.iterdir()] == [first.path.name]  # no temporary left
+    finally:
+        build.cache_clear()
+
+
+@needs_c
+def test_the_native_ceiling_stores_over_the_whole_block():
+    from padata_mp import SharedArray
+    from padata_mp.bench.native import native_ceiling
+
+    with SharedArray.create(1 << 20, np.uint64) as block:
+        gbps = native_ceiling(build("library").path, block, 2)
+        assert set(gbps) <= {"plain", "nontemporal"} and "plain" in gbps
+        assert all(g > 0 for g in gbps.values())
+        assert (block.array == 0x5A5A5A5A5A5A5A5A).all()
+
+
+def test_bench_kernel_numpy_measures_numpy_alone():
+    shm = OwnShm()
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "padata_mp",
+            "bench",
+            "--mem",
+            "5G",
+            "--threads",
+            "1",
+            "--repeat",
+            "1",
+            "--kernel",
+            "numpy",
+            "--no-native",
+            "--json",
+            "-",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert {r["kernel"] for r in data["rows"]} == {"numpy"} and not data["native"]
+    assert shm.left() == set()
