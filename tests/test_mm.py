@@ -132,6 +132,29 @@ def test_init_uses_the_kernels_job(two_node_engine):
             assert report.chunk_size % SECTION == 0
 
 
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_the_calling_thread_is_a_caller_where_it_stays_on_the_jobs_node(engine, two_node_engine, nodes):
+    """As the kernel's caller works too: the calling thread runs the last node's job itself where
+    every CPU it may run on is that node's host's (any node, on a one-node host); with
+    on_progress, or where it would leave the node, every job is a worker's."""
+    import os
+
+    from padata_mp import CALLER
+
+    on = engine if nodes == 1 else two_node_engine
+    hosts = on.topology.nodes_with_cpus
+    allowed = os.sched_getaffinity(0)
+    here = [k for k in range(nodes) if len(hosts) == 1 or allowed <= set(hosts[k % len(hosts)].cpus)]
+    machine, result = run(f"{4 * nodes}G", nodes, on, threads=1)
+    with machine:
+        called_here = [k for k, report in result.reports.items() if CALLER in report.busy_s]
+        assert called_here == here[-1:]
+        machine.reset()
+        result = deferred_init(machine, on, threads=1, on_progress=lambda done: None)
+        assert all(CALLER not in report.busy_s for report in result.reports.values())
+        machine.verify()
+
+
 @pytest.fixture(scope="module")
 def verified(two_node_engine):
     machine, _ = run("6G", 2, two_node_engine, holes=[(5 * GIB_PAGES + 10, 5 * GIB_PAGES + 1500)])

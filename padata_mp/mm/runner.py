@@ -93,7 +93,7 @@ def run_work(
         node: None if job.numa_aware or len(hosts) == 1 else hosts[node % len(hosts)].id
         for node, job in jobs.items()
     }
-    here = _caller_here(engine, host) if on_progress is None and jobs else None
+    here = _caller_here(engine, jobs, host) if on_progress is None else None
     futures = {node: engine.submit(job, node=host[node]) for node, job in jobs.items() if node != here}
     reports: dict[int, JobReport] = {}
     ended: dict[int, float] = {}
@@ -123,12 +123,12 @@ def run_work(
     return run
 
 
-def _caller_here(engine: Padata, host: dict[int, int | None]) -> int | None:
+def _caller_here(engine: Padata, jobs: dict[int, MtJob], host: dict[int, int | None]) -> int | None:
     """The last simulated node whose job this thread can call for without leaving its host node:
-    every CPU this thread may run on belongs to that node (any node, on a one-node host)."""
-    allowed = os.sched_getaffinity(0)
-    for node in reversed(list(host)):
-        cpus = engine.topology.node(host[node]).cpus if host[node] is not None else None
-        if cpus is None or allowed <= set(cpus):
+    every CPU this thread may run on belongs to that node (any node, on a one-node host).  A
+    numa_aware job on several nodes is dealt over them all, its caller included: never here."""
+    allowed, one_node = os.sched_getaffinity(0), len(engine.topology.nodes_with_cpus) == 1
+    for node in reversed(list(jobs)):
+        if one_node or (host[node] is not None and allowed <= set(engine.topology.node(host[node]).cpus)):
             return node
     return None
