@@ -198,17 +198,21 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     topology = _topology(args)
     began = time.perf_counter()
-    status(f"creating a {args.mem / 2**30:g} GiB machine (its memmap, early boot)")
+    shown = (
+        (lambda what: status(f"creating a {args.mem / 2**30:g} GiB machine: {what}"))
+        if sys.stderr.isatty()
+        else None
+    )
     # The machine first: its checks (nodes, room in /dev/shm) come before any process starts.
     with (
-        Machine.create(args.mem, args.nodes, topology=topology) as machine,
+        Machine.create(args.mem, args.nodes, topology=topology, on_progress=shown) as machine,
         Padata(topology=topology) as engine,
     ):
         created = time.perf_counter() - began
         status("attaching the workers")
         engine.attach(*machine.shared_arrays)
-        shown = (lambda done: status(f"deferred init {done:.0%}")) if sys.stderr.isatty() else None
-        result = deferred_init(machine, engine, args.threads, shown, args.kernel)
+        done = (lambda fraction: status(f"deferred init {fraction:.0%}")) if sys.stderr.isatty() else None
+        result = deferred_init(machine, engine, args.threads, done, args.kernel)
         status("")
         print(machine.describe())
         for node, ms in sorted(result.node_ms.items()):

@@ -67,11 +67,13 @@ class SharedArray:
         dtype: np.dtype | str = np.uint8,
         *,
         placement: list[tuple[int, int, int]] | None = None,
+        on_progress: Callable[[float], None] | None = None,
     ) -> SharedArray:
         """A new zero-filled block with its memory reserved now.  Raises ShmSpaceError, before
         creating anything, if /dev/shm lacks the room.  ``placement``: ``(start_byte, end_byte,
         node)`` ranges whose pages should live on those NUMA nodes (mbind before the pages are
-        allocated; silently not done where mbind is not available - check with memory_nodes)."""
+        allocated; silently not done where mbind is not available - check with memory_nodes).
+        ``on_progress(fraction)``: called as each 256 MiB piece is reserved and mapped."""
         dims = (shape,) if hasattr(type(shape), "__index__") else tuple(shape)
         shape = tuple(integer("each of shape's sizes", n, 0) for n in dims)
         dtype = np.dtype(dtype)
@@ -84,8 +86,9 @@ class SharedArray:
                 _mapped[name] = (block, _view(block, shape, dtype))
             for start, end, node in placement or []:
                 _bind(_mapped[name][1], start, end, node)
-            _reserve(name, nbytes)
-            prefault(_mapped[name][1])  # the pages exist now: map them here too, once
+            done = _progress(on_progress, 2 * nbytes)  # reserved, then mapped
+            _reserve(name, nbytes, done)
+            prefault(_mapped[name][1], done)  # the pages exist now: map them here too, once
         except BaseException:  # ENOSPC, or Ctrl-C in a long reserve: leave nothing behind
             if _unmap(name) is None:
                 block.close()
@@ -170,9 +173,10 @@ def detach(name: str) -> None:
     _unmap(name)
 
 
-def prefault(array: np.ndarray) -> bool:
+def prefault(array: np.ndarray, done: Callable[[int], None] | None = None) -> bool:
     """Map every page of ``array`` writable now (MADV_POPULATE_WRITE), so later writes take no page
-    faults.  False where the kernel lacks it (before 5.14); the writes then fault as they go."""
+    faults.  False where the kernel lacks it (before 5.14); the writes then fault as they go.
+    ``done(nbytes)`` is told of each piece mapped."""
     if array.nbytes == 0:
         return True
     libc = ctypes.CDLL(None, use_errno=True)
@@ -185,6 +189,8 @@ def prefault(array: np.ndarray) -> bool:
             if ctypes.get_errno() in (errno.EINVAL, errno.ENOSYS, errno.EPERM):
                 return False
             raise OSError(ctypes.get_errno(), f"madvise(MADV_POPULATE_WRITE) failed on {array.nbytes} bytes")
+        if done is not None:
+            done(min(PIECE_BYTES, end - piece))
     return True
 
 
@@ -273,12 +279,29 @@ def _view(block: SharedMemory, shape: tuple[int, ...], dtype: np.dtype) -> np.nd
     return np.frombuffer(block.buf, dtype=dtype, count=count).reshape(shape)
 
 
-def _reserve(name: str, nbytes: int) -> None:
-    """Allocate the block's pages now: ENOSPC here instead of SIGBUS on a later first write."""
+def _progress(on_progress: Callable[[float], None] | None, total: int) -> Callable[[int], None] | None:
+    """``done(nbytes)`` for the steps of a long piecewise call, adding up to ``total`` bytes."""
+    if on_progress is None:
+        return None
+    so_far = 0
+
+    def done(nbytes: int) -> None:
+        nonlocal so_far
+        so_far += nbytes
+        on_progress(min(so_far / total, 1.0))
+
+    return done
+
+
+def _reserve(name: str, nbytes: int, done: Callable[[int], None] | None = None) -> None:
+    """Allocate the block's pages now: ENOSPC here instead of SIGBUS on a later first write.
+    ``done(nbytes)`` is told of each piece reserved."""
     fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
     try:
         for offset in range(0, nbytes, PIECE_BYTES):
             os.posix_fallocate(fd, offset, min(PIECE_BYTES, nbytes - offset))
+            if done is not None:
+                done(min(PIECE_BYTES, nbytes - offset))
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise ShmSpaceError(f"{SHM_DIR} ran out of room reserving {nbytes} bytes") from exc

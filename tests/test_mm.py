@@ -294,3 +294,13 @@ def test_struct_pages_are_placed_on_their_host_node():
         for node, (want, fraction) in placement.items():
             assert want == m.host_node[node]
             assert fraction in ((None, 1.0) if want in with_memory else (None, 0.0)), (node, want, fraction)
+
+
+def test_creating_a_machine_says_what_it_is_doing():
+    said: list[str] = []
+    with Machine.create("40G", on_progress=said.append):
+        pass
+    reserving = [s for s in said if s.startswith("reserving and mapping 0.62 GiB of struct pages")]
+    # 640 MiB in 256 MiB pieces: 3 reserved, then 3 mapped, each said as it is done.
+    assert [s.rsplit(" ", 1)[1] for s in reserving] == ["20%", "40%", "50%", "70%", "90%", "100%"]
+    assert said[-1].startswith("early boot")

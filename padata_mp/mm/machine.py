@@ -9,7 +9,7 @@ memmap is left poisoned.  ``Machine.verify`` proves the buddy allocator's side a
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -66,6 +66,7 @@ class Machine(BlockOwner):
         nodes: tuple[NodeLayout, ...],
         holes: tuple[Range, ...],
         host_nodes: tuple[int, ...] = (0,),
+        on_progress: Callable[[str], None] | None = None,
     ):
         super().__init__()
         self.total_pages = total_pages
@@ -82,7 +83,15 @@ class Machine(BlockOwner):
             for n in nodes
         ]
         try:
-            self._raw = self._create((total_pages, 8), np.uint64, placement=placement)
+            gib = total_pages * pg.STRUCT_PAGE_SIZE / 2**30
+            shown = (
+                None
+                if on_progress is None
+                else lambda done: on_progress(
+                    f"reserving and mapping {gib:.2f} GiB of struct pages {done:.0%}"
+                )
+            )
+            self._raw = self._create((total_pages, 8), np.uint64, placement=placement, on_progress=shown)
             self._pageblocks = self._create(ceil_div(total_pages, pg.PAGEBLOCK_NR_PAGES), np.uint8)
             self._zones = self._create((len(nodes), pg.MAX_NR_ZONES), ZONE_DTYPE)
             sections = ceil_div(total_pages, pg.PAGES_PER_SECTION)
@@ -101,20 +110,26 @@ class Machine(BlockOwner):
         holes: list[Range] | None = None,
         host_nodes: tuple[int, ...] | None = None,
         topology: Topology | None = None,
+        on_progress: Callable[[str], None] | None = None,
     ) -> Machine:
         """A machine of ``mem`` bytes (or "512M", "64G", "1T") over ``nodes`` nodes (a count, or
         "auto" for the nodes with CPUs of ``topology``, by default the host's), with optional
         ``holes``: reserved [start_pfn, end_pfn) ranges that deferred init skips.  Simulated node
         k's struct pages are placed on ``host_nodes[k % len(host_nodes)]`` (default: the host's
-        nodes with memory).  Early boot is done; the deferred struct pages are poisoned."""
+        nodes with memory).  Early boot is done; the deferred struct pages are poisoned.
+        ``on_progress(what)``: what it is doing, as it goes (the memmap's reserving and mapping,
+        by the 256 MiB piece, takes most of the time)."""
         total_pages = parse_size(mem) // pg.PAGE_SIZE
         host = read_topology()
         if nodes == "auto":
             nodes = max(1, len((topology or host).nodes_with_cpus))
         node_layout = layout(total_pages, nodes)
         host_nodes = host_nodes or tuple(n.id for n in host.nodes if n.mem_bytes) or (0,)
-        machine = cls(total_pages, node_layout, _check_holes(holes or [], total_pages), host_nodes)
+        holes = _check_holes(holes or [], total_pages)
+        machine = cls(total_pages, node_layout, holes, host_nodes, on_progress)
         try:
+            if on_progress is not None:
+                on_progress("early boot: poisoning the struct pages, initialising the reserved ones")
             machine._early_boot()
         except BaseException:
             machine.close()
