@@ -105,6 +105,9 @@ def test_json_keeps_every_run_and_refuses_other_schemas(tmp_path):
     assert [r.key for r in again.all_rows()] == [r.key for r in result.all_rows()]
     with pytest.raises(BadValueError, match=r"schema padata_mp\.bench/2 \(found none\)"):
         Result.from_json({"rows": []})
+    del data["rows"][0]["times_ms"]
+    with pytest.raises(BadValueError, match="not a whole padata_mp.bench/2 result: KeyError"):
+        Result.from_json(data)
     path = tmp_path / "b.json"
     path.write_text("{not json")
     with pytest.raises(BadValueError, match="is not JSON"):
@@ -282,3 +285,9 @@ def test_bench_kernel_numpy_measures_numpy_alone():
     data = json.loads(out.stdout)
     assert {r["kernel"] for r in data["rows"]} == {"numpy"} and not data["native"]
     assert shm.left() == set()
+
+
+def test_too_few_runs_are_never_significant():
+    assert not ratio([10.0], [5.0]).significant  # one run each: a resampled interval of one point
+    assert not ratio([10.0, 10.1], [5.0, 5.1]).significant
+    assert ratio([10.0, 10.1, 10.2], [5.0, 5.1, 5.2]).significant

@@ -172,3 +172,15 @@ def test_every_readme_example_runs_as_its_own_file_and_typed_into_python_c(tmp_p
     assert proc.returncode == 0, err
     assert err == "", err
     assert shm.left(proc.pid) == set()
+
+
+def test_the_wheel_holds_every_subpackage_and_the_c_source():
+    """pyproject lists the packages by name: a subpackage missing there is missing from a wheel."""
+    import tomllib
+    from pathlib import Path
+
+    top = Path(__file__).resolve().parents[1]
+    config = tomllib.loads((top / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = {".".join(p.parent.relative_to(top).parts) for p in (top / "padata_mp").rglob("__init__.py")}
+    assert set(config["packages"]) == found
+    assert config["package-data"]["padata_mp.native"] == ["*.c"]

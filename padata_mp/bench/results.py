@@ -68,14 +68,16 @@ class Row:
         data = asdict(self)
         data["time_ms"], data["ci95_ms"], data["speedup"] = self.time_ms, list(self.ci95_ms), self.speedup
         data["ratios"] = {
-            k: {"value": r.value, "ci95": list(r.ci95), "significant": r.significant}
+            k: {"value": r.value, "ci95": list(r.ci95), "runs": r.runs, "significant": r.significant}
             for k, r in self.ratios.items()
         }
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Row:
-        ratios = {k: Ratio(r["value"], tuple(r["ci95"])) for k, r in data.get("ratios", {}).items()}
+        ratios = {
+            k: Ratio(r["value"], tuple(r["ci95"]), r["runs"]) for k, r in data.get("ratios", {}).items()
+        }
         fields = {k: data[k] for k in ("kind", "name", "kernel", "threads", "times_ms")}
         return cls(**fields, ratios=ratios)
 
@@ -152,11 +154,14 @@ class Result:
                 f"{source} is not a padata-mp bench result of schema {SCHEMA} (found {found})"
             )
         meta = {k: data[k] for k in ("schema", "padata_mp_version", "created", "argv") if k in data}
-        result = cls(data["machine"], data["config"], data["pages"], data["bytes_per_page"], meta=meta)
-        result.rows, result.native, result.peers = (
-            [Row.from_json(r) for r in data[name]] for name in ("rows", "native", "peers")
-        )
-        result.warnings, result.skipped = data["warnings"], data["skipped"]
+        try:
+            result = cls(data["machine"], data["config"], data["pages"], data["bytes_per_page"], meta=meta)
+            result.rows, result.native, result.peers = (
+                [Row.from_json(r) for r in data[name]] for name in ("rows", "native", "peers")
+            )
+            result.warnings, result.skipped = data["warnings"], data["skipped"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadValueError(f"{source} is not a whole {SCHEMA} result: {exc!r}") from None
         return result
 
 

@@ -6,7 +6,9 @@ runs it is [x(k), x(n-k+1)] for the largest k whose binomial tail P(B(n, 1/2) < 
 2.5%.  Under 6 runs no such k exists, and the interval is [min, max], which covers the median
 with probability 1 - 2/2^n (94% at 5 runs, 75% at 3): one of the reasons for the fewer-than-5-runs
 warning.  A ratio's interval is a percentile bootstrap of the ratio of medians (2000 resamples,
-fixed seed, so the same runs always give the same interval); significant means it excludes 1.
+fixed seed, so the same runs always give the same interval); significant means it excludes 1 and
+each side has at least MIN_RUNS runs (with fewer, resampling cannot show the noise: one run each
+would make every difference "significant").
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 
 BOOTSTRAP_RESAMPLES = 2000
 SEED = 20200527  # the day the series' v3 was posted
+MIN_RUNS = 3
 
 
 def median_ci95(times: Sequence[float]) -> tuple[float, float]:
@@ -41,14 +44,15 @@ def _binomial_below(n: int, k: int) -> float:
 @dataclass(frozen=True)
 class Ratio:
     """``value`` = median(a) / median(b), with a 95% bootstrap interval; significant when the
-    interval excludes 1."""
+    interval excludes 1 and the smaller side had ``runs`` >= MIN_RUNS."""
 
     value: float
     ci95: tuple[float, float]
+    runs: int
 
     @property
     def significant(self) -> bool:
-        return not self.ci95[0] <= 1.0 <= self.ci95[1]
+        return self.runs >= MIN_RUNS and not self.ci95[0] <= 1.0 <= self.ci95[1]
 
     def mark(self) -> str:
         """How the table prints it: ``1.23x*``, the star where it is significant."""
@@ -62,4 +66,4 @@ def ratio(a: Sequence[float], b: Sequence[float]) -> Ratio:
     ma = np.median(rng.choice(xa, (BOOTSTRAP_RESAMPLES, len(xa))), axis=1)
     mb = np.median(rng.choice(xb, (BOOTSTRAP_RESAMPLES, len(xb))), axis=1)
     lo, hi = np.percentile(ma / mb, [2.5, 97.5])
-    return Ratio(statistics.median(a) / statistics.median(b), (float(lo), float(hi)))
+    return Ratio(statistics.median(a) / statistics.median(b), (float(lo), float(hi)), min(len(a), len(b)))
