@@ -106,7 +106,7 @@ def test_json_keeps_every_run_and_refuses_other_schemas(tmp_path):
     with pytest.raises(BadValueError, match=r"schema padata_mp\.bench/2 \(found none\)"):
         Result.from_json({"rows": []})
     del data["rows"][0]["times_ms"]
-    with pytest.raises(BadValueError, match="not a whole padata_mp.bench/2 result: KeyError"):
+    with pytest.raises(BadValueError, match=r"not a whole padata_mp\.bench/2 result: KeyError"):
         Result.from_json(data)
     path = tmp_path / "b.json"
     path.write_text("{not json")
