@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 from typing import IO
 
+from ..mm.sizes import parse_size
 from .results import Result, Row, label
 from .workloads import JOBS
 
@@ -157,7 +158,8 @@ def plot(result: Result, path: str) -> None:
     fig.text(
         0.5,
         0.01,
-        f"{m['cpu_model']}, {m['cores']} CPUs; {result.config['mem']} simulated, {result.pages} pages; "
+        f"{m['cpu_model']}, {m['cores']} CPUs; {parse_size(result.config['mem']) / 2**30:g} GiB, "
+        f"{result.pages} pages; "
         f"{result.meta.get('created', '')}; error bars: 95% intervals",
         ha="center",
         fontsize="small",
