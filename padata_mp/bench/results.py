@@ -193,6 +193,13 @@ def warnings(result: Result) -> list[str]:
             f"shorter than {ROUND_TRIPS}x the engine's round trip ({result.round_trip_ms:.2f} ms), "
             f"so the engine's fixed cost weighs: {', '.join(short)}"
         )
+    above = [
+        f"{label(r)} {r.ceiling_fraction:.0%}" for r in result.all_rows() if (r.ceiling_fraction or 0) > 1
+    ]
+    if above:
+        out.append(
+            f"above the store ceiling, which was measured low (it varies from run to run): {', '.join(above)}"
+        )
     best = [(t, max(c.values())) for t, c in sorted(result.ceiling.items())]
     for (t1, g1), (t2, g2) in itertools.pairwise(best):
         if g2 < g1:
