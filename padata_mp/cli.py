@@ -280,7 +280,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .bench import compare, results
 
-    changes = compare.compare(results.load(args.a), results.load(args.b))
+    a, b = results.load(args.a), results.load(args.b)
+    changes = compare.compare(a, b)
+    print(compare.source("A", args.a, a))
+    print(compare.source("B", args.b, b))
     print(compare.report(changes, args.fail_above))
     failed = args.fail_above is not None and any(c.regressed(args.fail_above) for c in changes)
     return 1 if failed else 0

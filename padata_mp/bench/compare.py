@@ -42,6 +42,16 @@ def compare(a: Result, b: Result) -> list[Change]:
     ]
 
 
+def source(name: str, path: str, result: Result) -> str:
+    """One line naming a result: where it came from, when, on what, from which version."""
+    m, meta = result.machine, result.meta
+    commit = f", commit {m['git_commit'][:12]}" if m.get("git_commit") else ""
+    return (
+        f"{name}: {path}: {meta.get('created', '?')}, {m.get('cpu_model', '?')}, "
+        f"padata_mp {meta.get('padata_mp_version', '?')}{commit}"
+    )
+
+
 def report(changes: list[Change], fail_above: float | None = None) -> str:
     """The comparison as a table, a verdict per line: faster, slower or "same" (not significant)."""
     lines = [
