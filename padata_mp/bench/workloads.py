@@ -155,13 +155,15 @@ def _mapped(job: str) -> Callable[..., Workload]:
     return prepare
 
 
-def _device(
-    base: DeviceMemory | HugetlbFile, engine: Padata, stack: contextlib.ExitStack, kernels: list[str]
-) -> Workload:
-    """A pmem device or a hugetlbfs file: its own blocks, one node."""
-    name = "pmem" if isinstance(base, DeviceMemory) else "fallocate"
-    arrays = base.shared_arrays
-    return Workload(name, {"numpy": base}, 1, base.reset, arrays, arrays[0], [base.pages * pg.PAGE_SIZE])
+def _device(name: str) -> Callable[..., Workload]:
+    def prepare(
+        base: DeviceMemory | HugetlbFile, engine: Padata, stack: contextlib.ExitStack, kernels: list[str]
+    ) -> Workload:
+        """A pmem device or a hugetlbfs file: its own blocks, one node."""
+        arrays = base.shared_arrays
+        return Workload(name, {"numpy": base}, 1, base.reset, arrays, arrays[0], [base.pages * pg.PAGE_SIZE])
+
+    return prepare
 
 
 def _restore(machine: Machine, state: MachineState, then: Callable[[], None]) -> Callable[[], None]:
@@ -177,12 +179,14 @@ JOBS: dict[str, Job] = {
     "hugetlb": Job("hugetlb boot pool, 2 MiB pages", "64G", _machine, _hugetlb("2M")),
     "hugetlb-1g": Job("hugetlb boot pool, 1 GiB pages", "64G", _machine_with_a_gib, _hugetlb("1G")),
     "pmem": Job(
-        "pmem (ZONE_DEVICE) struct-page init", "64G", lambda mem, nodes, t: DeviceMemory(mem), _device
+        "pmem (ZONE_DEVICE) struct-page init", "64G", lambda mem, nodes, t: DeviceMemory(mem), _device("pmem")
     ),
     "vfio": Job("VFIO page pinning", "64G", _machine, _mapped("vfio")),
     "munmap": Job("munmap with buddy merging", "64G", _machine, _mapped("munmap")),
     # The file's frames are real memory: a smaller default.
-    "fallocate": Job("hugetlb fallocate clearing", "2G", lambda mem, nodes, t: HugetlbFile(mem), _device),
+    "fallocate": Job(
+        "hugetlb fallocate clearing", "2G", lambda mem, nodes, t: HugetlbFile(mem), _device("fallocate")
+    ),
 }
 
 
