@@ -119,38 +119,16 @@ def test_plot_writes_a_png(tmp_path):
 
 def test_bench_writes_json_and_csv(tmp_path):
     shm = OwnShm()
-    out = cli(
-        "bench",
-        "--mem",
-        "5G",
-        "--threads",
-        "1,2,64",
-        "--repeat",
-        "2",
-        "--json",
-        str(tmp_path / "b.json"),
-        "--csv",
-        str(tmp_path / "b.csv"),
-    )
+    args = ["bench", "--mem", "5G", "--threads", "1,2,64", "--repeat", "2"]
+    args += ["--json", str(tmp_path / "b.json"), "--csv", str(tmp_path / "b.csv")]
+    out = cli(*args)
     assert out.returncode == 0, out.stderr
     node_cpus = min(len(n.cpus) for n in read_topology().nodes_with_cpus)
     assert ("capped" in out.stderr) == (node_cpus < 64)  # thread counts past a node's CPUs
     assert "node% (thr) | kernel | speedup" in out.stdout and "(0)" in out.stdout
     data = json.loads((tmp_path / "b.json").read_text())
     assert data["schema"] == "padata_mp.bench/2"
-    assert data["argv"][1:] == [
-        "bench",
-        "--mem",
-        "5G",
-        "--threads",
-        "1,2,64",
-        "--repeat",
-        "2",
-        "--json",
-        str(tmp_path / "b.json"),
-        "--csv",
-        str(tmp_path / "b.csv"),
-    ]
+    assert data["argv"] == ["padata-mp", *args]
     assert data["created"].endswith("+00:00") and data["padata_mp_version"]
     assert data["pages"] == 2**18 - 2**15
     # One (0) row and one row per thread count for each kernel measured: numpy always, C where

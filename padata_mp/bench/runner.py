@@ -26,6 +26,7 @@ import padata_mp
 from ..checks import require
 from ..errors import PadataError
 from ..job import MtJob
+from ..mm.deferred import check_kernel
 from ..mm.runner import run_work
 from ..mm.sizes import parse_size
 from ..native import Built, build
@@ -108,15 +109,10 @@ def run(
         attach = engine.attach(*load.shared_arrays)
         result.phases_s["attach"] = max(attach.values(), default=0.0)
         result.round_trip_ms = round_trip(engine)
+        # The ceiling runs as many processes as the job does: threads on each busy node.
         busy_nodes = min(load.nodes, len(topology.nodes_with_cpus))
         result.ceiling_method = native.NATIVE_CEILING if library.path else native.ENGINE_CEILING
-        for count in counts:
-            progress(f"ceiling, {count} thread(s) per node")
-            result.ceiling[count] = (
-                native.native_ceiling(library.path, load.written, count * busy_nodes)
-                if library.path
-                else native.engine_ceiling(engine, load.written, count * busy_nodes)
-            )
+        result.ceiling = {count: ceiling(engine, load, count * busy_nodes, library.path) for count in counts}
         with contextlib.ExitStack() as pools:
             runs = configurations(engine, load, counts, program, pools if with_peers else None)
             times = rounds(load, runs, repeat, result.phases_s)
@@ -127,6 +123,15 @@ def run(
     return result
 
 
+def ceiling(engine: Padata, load: Workload, processes: int, library: Path | None) -> dict[str, float]:
+    """GB/s of ``processes`` storing over the block the job writes: the C library's pthreads
+    where it was built, else the engine's processes."""
+    progress(f"ceiling, {processes} process(es)")
+    if library:
+        return native.native_ceiling(library, load.written, processes)
+    return native.engine_ceiling(engine, load.written, processes)
+
+
 def _skip(skipped: list[str], why: str) -> None:
     skipped.append(why)
     progress(why)
@@ -135,8 +140,7 @@ def _skip(skipped: list[str], why: str) -> None:
 def _kernels(spec: workloads.Job, kernel: str | None, skipped: list[str]) -> list[str]:
     """The chunk kernels to measure: the one asked for, else every one the job has that builds."""
     if kernel is not None:
-        if kernel == "c" and build("library").path is None:
-            raise PadataError(f"the C kernel is not available: {build('library').why}")
+        check_kernel(kernel)  # PadataError, saying why, where "c" cannot be built
         return [kernel]
     if "c" in spec.kernels and build("library").path is None:
         _skip(skipped, f"C kernel rows skipped: {build('library').why}")

@@ -96,29 +96,27 @@ def run_work(
     here = _caller_here(engine, jobs, host) if on_progress is None else None
     futures = {node: engine.submit(job, node=host[node]) for node, job in jobs.items() if node != here}
     reports: dict[int, JobReport] = {}
-    ended: dict[int, float] = {}
-    try:
-        if here is not None:
+    if here is not None:
+        try:
             reports[here] = engine.do_multithreaded(jobs[here], node=host[here])
-            ended[here] = time.perf_counter()
-    finally:
-        while concurrent.futures.wait(futures.values(), None if on_progress is None else PROGRESS_S).not_done:
-            if on_progress is not None:
-                on_progress(_fraction([f.progress() for f in futures.values()]))
+        except Exception:
+            concurrent.futures.wait(futures.values())  # every node stopped before the error is raised
+            raise
+    while concurrent.futures.wait(futures.values(), None if on_progress is None else PROGRESS_S).not_done:
+        if on_progress is not None:
+            on_progress(_fraction([f.progress() for f in futures.values()]))
     if on_progress is not None:
         on_progress(1.0)
-    for future in futures.values():
-        future.result()  # the first node's error, once every node has stopped
+    reports.update((node, future.result()) for node, future in futures.items())  # the first error
     run = NodeRun({}, pages=work.pages)
     for node in jobs:
-        report = reports[node] if node in reports else futures[node].result()
-        finished = ended.get(node, time.perf_counter())
+        report = run.reports[node] = reports[node]
+        began_end = time.perf_counter()
         work.end(node)
-        run.reports[node] = report
         if report.retried:
             run.retried[node] = report.retried
             log.warning("node %d: a helper died; re-ran %s", node, report.retried)
-        run.node_ms[node] = (report.elapsed_s + time.perf_counter() - finished) * 1e3
+        run.node_ms[node] = (report.elapsed_s + time.perf_counter() - began_end) * 1e3
     run.elapsed_ms = (time.perf_counter() - began) * 1e3
     return run
 
