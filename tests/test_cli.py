@@ -46,6 +46,16 @@ def test_init_prints_the_kernels_lines_and_verifies():
     assert shm.left(out.pid) == set()
 
 
+def test_init_with_the_c_kernel_verifies():
+    from padata_mp.native import build
+
+    if build("library").path is None:
+        pytest.skip(f"no C kernel here: {build('library').why}")
+    out = cli("init", "--mem", "6G", "--nodes", "2", "--kernel", "c", "--verify")
+    assert out.returncode == 0, out.stderr
+    assert "node 1 deferred pages initialised in" in out.stdout and "verified:" in out.stdout
+
+
 @pytest.mark.parametrize("nodes", [2, 3])
 def test_nodes_auto_simulates_the_synthetic_topologys_nodes(nodes):
     out = cli("init", "--mem", "8G", "--nodes", "auto", "--synthetic", f"{nodes}x1", "--verify")
