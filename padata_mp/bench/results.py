@@ -17,7 +17,6 @@ from ..errors import BadValueError
 from .stats import Ratio, median_ci95, ratio
 
 SCHEMA = "padata_mp.bench/2"
-KINDS = ("plain", "padata_mp", "native", "peer")
 NATIVE = "native (C, pthreads)"
 # The warnings' thresholds.
 SPREAD = 0.10  # the median's 95% interval wider than this fraction of it
@@ -28,8 +27,9 @@ LOAD_AVERAGE = 0.5
 
 @dataclass
 class Row:
-    """One configuration's runs and what follows from them.  ``kind``: one of KINDS; ``kernel``:
-    the chunk work ("numpy" or "c"); ``threads``: 0 for the plain row.  ``ratios`` hold other
+    """One configuration's runs and what follows from them.  ``kind``: "plain", "padata_mp",
+    "native" or "peer"; ``kernel``: the chunk work ("numpy" or "c"); ``threads``: 0 for the plain
+    row.  ``ratios`` hold other
     configurations' median time over this one's: "plain" (the plain row of the same kernel: the
     table's ratio), "native" (the native reference at the same threads), "padata_mp" (the engine
     with the same kernel at the same threads)."""

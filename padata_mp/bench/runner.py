@@ -205,15 +205,15 @@ def configurations(
             runs[("padata_mp", "padata_mp", kernel, count)] = lambda w=work, c=count: (
                 run_work(w, range(load.nodes), engine, c).elapsed_ms
             )
+    peer_kernel = next(iter(load.works))  # the peers run load.work: the first kernel's
     for count in counts:
         if program and load.machine:
             runs[("native", NATIVE, "c", count)] = lambda c=count: native.native_init(
                 program, load.machine, c
             )
         made = peers(load.shared_arrays, count, pools) if pools is not None else {}
-        kernel = next(iter(load.works))
         for name, mapper in made.items():
-            runs[("peer", name, kernel, count)] = lambda c=count, m=mapper: peer_run(
+            runs[("peer", name, peer_kernel, count)] = lambda c=count, m=mapper: peer_run(
                 load.work, load.nodes, c, m, engine
             )
     return runs
