@@ -1,11 +1,95 @@
-"""Holding Ctrl-C and SIGTERM while something must not be cut short."""
+"""Ctrl-C by rule: where it may land, where it waits, and what it may never cut short.
+
+Python runs a SIGINT handler in the main thread only, between two bytecodes of whatever runs
+there.  Two tools, one rule - a KeyboardInterrupt is raised only where nothing is held:
+
+- ``gate()``: for the length of an engine call, SIGINT raises at once, except while the gate is
+  ``up`` (the engine holds a lock shared with other processes, sends a message, or cleans up after
+  an interrupt); then it is held and raised when the gate drops.  Raising lifts the gate itself,
+  so the code that catches the interrupt cleans up with the gate already up and no second Ctrl-C
+  can cut it short.  ``up`` and ``held`` are one-element lists: the claim loop sets them per chunk
+  for a few nanoseconds.
+- ``deferred_interrupts()``: Ctrl-C and SIGTERM held for a whole block (cleanup of shared memory,
+  a process start), raised as KeyboardInterrupt when it ends.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
+
+
+class Gate:
+    """Where SIGINT may raise.  ``up[0]``: hold it; ``held[0]``: one came while up."""
+
+    def __init__(self, previous: Callable[[int, Any], Any] | None = None) -> None:
+        self.up = [False]
+        self.held = [False]
+        self._previous = previous
+
+    def handler(self, signum: int, frame: Any) -> None:
+        if self.up[0]:
+            self.held[0] = True
+            return
+        self.up[0] = True  # the catcher cleans up under the gate
+        if self._previous is None or self._previous is signal.default_int_handler:
+            raise KeyboardInterrupt
+        self._previous(signum, frame)  # a handler of the program's own: it may raise, or not
+        self.up[0] = False
+
+    def lower(self) -> None:
+        """Drop the gate; an interrupt held meanwhile is raised now (the gate up again)."""
+        self.up[0] = False
+        if self.held[0]:
+            self.held[0] = False
+            self.handler(signal.SIGINT, None)
+
+    @contextlib.contextmanager
+    def raised(self) -> Iterator[None]:
+        """The gate up for a block that must not be cut short; lowered after, unless it was up."""
+        was = self.up[0]
+        self.up[0] = True
+        try:
+            yield
+        finally:
+            if not was:
+                self.lower()
+
+
+_installed = threading.local()
+
+
+@contextlib.contextmanager
+def gate() -> Iterator[Gate]:
+    """The SIGINT gate for an engine call.  In the main thread it is the process's SIGINT handler
+    for the call (the one already installed, when calls nest); elsewhere, where no signal handler
+    runs, and where SIGINT is ignored or left to kill the process, a gate that nothing opens."""
+    current: Gate | None = getattr(_installed, "gate", None)
+    if current is not None:
+        yield current
+        return
+    if threading.current_thread() is not threading.main_thread():
+        yield Gate()
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous):  # SIG_IGN, SIG_DFL, or set outside Python
+        yield Gate()
+        return
+    made = Gate(previous)
+    signal.signal(signal.SIGINT, made.handler)
+    _installed.gate = made
+    try:
+        yield made
+    finally:
+        _installed.gate = None
+        signal.signal(signal.SIGINT, previous)
+        # Leaving normally with an interrupt held: it is raised now, as it would have been.
+        if made.held[0] and not made.up[0]:
+            made.held[0] = False
+            raise KeyboardInterrupt
 
 
 @contextlib.contextmanager

@@ -1,11 +1,12 @@
-"""The worker side of the engine: the messages, the shared cursor, the claim loop, a worker's main.
+"""The worker side of the engine: the messages, a job slot in shared memory, the claim loop, a
+worker's main.
 
 Everything here runs in a worker process, except the claim loop, which a job's caller runs too.
-Messages are small named tuples, pickled once per job (never per chunk):
+Messages are small named tuples; a job's RunJob is pickled once and sent to each helper as bytes:
 
-    coordinator -> worker        worker -> coordinator
+    coordinator -> worker               worker -> coordinator
     RunJob(slot, generation, payload)   JobDone(generation, starts, busy_s, failure)
-    Attach(blocks)                      Attached(seconds)
+    Attach(blocks)                      Attached(seconds, failed)
     Detach(name)                        Detached()
     Exit()                              Ready(pid)       (once, when it has started)
 """
@@ -13,25 +14,29 @@ Messages are small named tuples, pickled once per job (never per chunk):
 from __future__ import annotations
 
 import ctypes
+import operator
 import os
 import pickle
 import signal
 import time
 import traceback
 from array import array
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from . import shm
+from .interrupts import Gate
 from .topology import pin_process
 
-PARENT_CHECK_S = 0.5  # an idle worker checks this often that the coordinator is alive
-STOPPED = 0  # the cursor's generation once its job is aborted: no job has this number
+PARENT_CHECK_S = 0.5  # a waiting worker checks this often that the coordinator is alive
+LOCK_WAIT_S = 0.5  # a claimant waits this long for the cursor's lock before it looks around
+STOPPED = 0  # the cursor's generation once its job is stopped: no job has this number
 
 
 class Cursor(ctypes.Structure):
     """One job slot's cursor.  The kernel uses the job itself as the cursor: start and size shrink
     as chunks are claimed.  Only the job whose ``generation`` it holds may claim from it, so a
-    helper of an older job finds nothing, and an abort is writing STOPPED there."""
+    helper of an older job finds nothing, and stopping a job is writing STOPPED there."""
 
     _fields_ = [
         ("start", ctypes.c_int64),
@@ -40,6 +45,57 @@ class Cursor(ctypes.Structure):
         ("generation", ctypes.c_int64),
         ("first_failed", ctypes.c_int64),  # 1 + the claimant index whose chunk failed first; 0: none
     ]
+
+
+class Claims:
+    """The chunk each claimant holds now, in shared memory: ``(start, end)``, end == start for none.
+    Claimant i (a worker's id, or a slot's caller index) owns ``array[2i]`` and ``array[2i + 1]``."""
+
+    def __init__(self, array: Any):
+        self.array = array
+
+    def where(self, index: int) -> tuple[int, int]:
+        """The two positions of claimant ``index``'s record (the claim loop writes them inline)."""
+        return 2 * index, 2 * index + 1
+
+    def chunk(self, index: int) -> tuple[int, int] | None:
+        start, end = self.array[2 * index], self.array[2 * index + 1]
+        return (start, end) if end > start else None
+
+    def clear(self, index: int) -> None:
+        self.array[2 * index + 1] = self.array[2 * index]
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one job runs: its cursor (a synchronized Value), the claims of every claimant, and the
+    claims index of the slot's own caller (after the workers')."""
+
+    number: int
+    cursor: Any
+    claims: Claims
+    caller_index: int
+
+
+def stop(cursor: Any, generation: int) -> None:
+    """No more claims for ``generation`` from ``cursor``.  One store, no lock: it can be made while
+    anyone holds the lock, a dead claimant included.  A claimant that read the generation just
+    before still records its chunk, as if it had claimed a moment earlier."""
+    c = cursor.get_obj()
+    if c.generation == generation:
+        c.generation = STOPPED
+
+
+def fail(cursor: Any, generation: int, index: int) -> None:
+    """Stop ``generation``'s claims because claimant ``index``'s chunk failed, recorded as the first
+    failure if it is (under the lock, waited for LOCK_WAIT_S at most; a lock that is not free by
+    then is a dead claimant's, and the failure is not ranked)."""
+    lock, c = cursor.get_lock(), cursor.get_obj()
+    if lock.acquire(True, LOCK_WAIT_S):
+        if c.generation == generation:
+            c.first_failed = index + 1
+        lock.release()
+    stop(cursor, generation)
 
 
 class RunJob(NamedTuple):
@@ -66,10 +122,13 @@ class Ready(NamedTuple):
 
 class ChunkFailure(NamedTuple):
     """A call that failed: its chunk (None: thread_fn and fn_arg could not even be loaded), the
-    exception without its frames, and the traceback as text."""
+    exception (in the process that caught it) or its pickle (after the trip to the coordinator:
+    loaded only there, where its class may not import), its one-line text and its traceback."""
 
     chunk: tuple[int, int] | None
-    error: BaseException
+    error: BaseException | None
+    pickled: bytes | None
+    text: str
     traceback: str
 
     @classmethod
@@ -78,7 +137,29 @@ class ChunkFailure(NamedTuple):
         claim loop, which holds the cursor, whose lock (a named semaphore) must not outlive the
         engine."""
         text = traceback.format_exc()
-        return cls(chunk, exc.with_traceback(None), text)
+        return cls(chunk, exc.with_traceback(None), None, f"{type(exc).__name__}: {exc}", text)
+
+    def portable(self) -> ChunkFailure:
+        """This failure for the trip to the coordinator: the exception as a pickle, or none."""
+        try:
+            pickled = pickle.dumps(self.error, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            pickled = None
+        return self._replace(error=None, pickled=pickled)
+
+    def exception(self) -> BaseException:
+        """The exception, loaded here if it travelled; a RuntimeError with its text if it cannot be
+        (its class does not import here, or its unpickling fails)."""
+        if self.error is not None:
+            return self.error
+        try:
+            if self.pickled is not None:
+                loaded = pickle.loads(self.pickled)
+                if isinstance(loaded, BaseException):
+                    return loaded
+        except Exception:
+            pass
+        return RuntimeError(self.text)
 
 
 class JobDone(NamedTuple):
@@ -90,59 +171,77 @@ class JobDone(NamedTuple):
 
 class Attached(NamedTuple):
     seconds: float
+    failed: str | None  # why a block could not be attached, naming it
 
 
 class Detached(NamedTuple):
     pass
 
 
-def claim_chunks(cursor: Any, generation: int, held: Any, index: int, thread_fn: Any, arg: Any) -> JobDone:
+def claim_chunks(
+    slot: Slot,
+    generation: int,
+    index: int,
+    thread_fn: Any,
+    arg: Any,
+    gate: Gate | None = None,
+    gone: Any = None,
+) -> JobDone:
     """The kernel's padata_mt_helper(): claim the next chunk under the cursor's lock, run it, repeat,
     while the cursor still belongs to ``generation``.
 
-    ``held[2 * index : 2 * index + 2]`` records the chunk this claimant holds (end == start: none),
-    written under the lock before the cursor moves, so a claimant killed at any instruction leaves
-    its chunk either unclaimed or recorded.
+    The claimant's record in ``slot.claims`` is written under the lock before the cursor moves, so
+    a claimant killed at any instruction leaves its chunk either unclaimed or recorded.  While the
+    lock is held the SIGINT ``gate`` is up, so Ctrl-C never leaves it taken.  The lock is waited
+    for LOCK_WAIT_S at a time: between waits the loop gives up if the job was stopped (a dead
+    claimant may hold the lock) or ``gone()`` says the coordinator is.
     """
     # The engine's hot path, tuned for jobs of tiny chunks: locals bound once, the lock's C methods
     # called directly (a ``with`` block costs five times as much), job.next_chunk() inlined.
-    lock, c = cursor.get_lock(), cursor.get_obj()
+    gate = gate or Gate()  # one that nothing opens, in workers and threads other than the main one
+    gate_up, gate_held = gate.up, gate.held
+    cursor = slot.cursor
+    lock, c, held = cursor.get_lock(), cursor.get_obj(), slot.claims.array
     acquire, release, chunk_size = lock.acquire, lock.release, c.chunk_size
+    first, last = slot.claims.where(index)
     starts, began = array("q"), time.perf_counter()
-    slot_start, slot_end = 2 * index, 2 * index + 1
     start = end = 0
     try:
         while True:
-            acquire()
+            gate_up[0] = True
+            if not acquire(True, LOCK_WAIT_S):
+                gate_up[0] = False
+                if c.generation != generation or (gone is not None and gone()):
+                    break
+                continue
             size = c.size
             if size == 0 or c.generation != generation:
                 release()
-                return JobDone(generation, starts, time.perf_counter() - began, None)
+                gate_up[0] = False
+                break
             start = c.start
             end = min((start // chunk_size + 1) * chunk_size, start + size)
-            held[slot_start], held[slot_end] = start, end
+            held[first], held[last] = start, end
             c.start, c.size = end, size - (end - start)
             release()
+            gate_up[0] = False
+            if gate_held[0]:
+                gate.lower()  # Ctrl-C came while the lock was held: raised now, the chunk recorded
             result = thread_fn(start, end, arg)
             if result is not None:
                 check_result(result)
-            held[slot_end] = start
+            held[last] = start
             starts.append(start)
     except BaseException as exc:
-        stop(cursor, generation, index)
-        failure = ChunkFailure.caught((start, end), exc)
-        return JobDone(generation, starts, time.perf_counter() - began, failure)
-
-
-def stop(cursor: Any, generation: int, index: int | None = None) -> None:
-    """Stop ``generation``'s claims (if the cursor is still its); ``index``: the claimant whose chunk
-    failed, kept if it is the first."""
-    with cursor.get_lock():
-        c = cursor.get_obj()
-        if c.generation == generation:
-            c.generation = STOPPED
-            if index is not None:
-                c.first_failed = index + 1
+        # The lock is not held here (the gate was down when this was raised); it is taken again,
+        # with the gate up, to rank the failure.
+        was, gate_up[0] = gate_up[0], True
+        fail(cursor, generation, index)
+        gate_up[0] = was
+        return JobDone(
+            generation, starts, time.perf_counter() - began, ChunkFailure.caught((start, end), exc)
+        )
+    return JobDone(generation, starts, time.perf_counter() - began, None)
 
 
 class ErrorReturn(Exception):
@@ -154,31 +253,39 @@ class ErrorReturn(Exception):
 
 
 def check_result(result: object) -> None:
-    """What thread_fn returned, when not None: 0 is success, a non-zero int the RFC's error code,
-    anything else a mistake (padata ignores results)."""
-    if result != 0:
-        if isinstance(result, int) and not isinstance(result, bool):
-            raise ErrorReturn(result)
+    """What thread_fn returned, when not None: an integer (an int, or anything with ``__index__``
+    such as numpy's, never a bool) is the RFC's error code, 0 for success; anything else is a
+    mistake, raised as a TypeError that says what came back."""
+    if isinstance(result, bool) or not hasattr(type(result), "__index__"):
         raise TypeError(
             "thread_fn must return None or an int error code (padata ignores results), got "
-            f"{type(result).__name__}"
+            f"{type(result).__name__} {result!r:.80}"
         )
+    code = operator.index(result)  # type: ignore[arg-type]
+    if code:
+        raise ErrorReturn(code)
 
 
 def worker_main(
-    wid: int, cpus: tuple[int, ...], conn: Any, cursors: list, held: Any, coordinator: int
+    wid: int, cpus: tuple[int, ...], conn: Any, cursors: list, claims: Any, coordinator: int
 ) -> None:
     """A worker's life: pin, say Ready, then answer one message at a time until Exit, a closed
-    pipe, or the coordinator's death."""
+    pipe, or the coordinator's death.  A process forked by thread_fn never speaks on the pipe."""
     # Pinned first, before numpy starts threads or shared memory is touched (first-touch placement).
     pin_process(cpus)
     # Ctrl-C reaches the whole process group: the coordinator alone handles it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    conn.send(Ready(os.getpid()))
+    me = os.getpid()
+    slots = [Slot(i, cursor, Claims(claims), -1) for i, cursor in enumerate(cursors)]
+
+    def gone() -> bool:
+        return os.getpid() != me or not _alive(coordinator)
+
+    conn.send(Ready(me))
     while True:
         try:
             if not conn.poll(PARENT_CHECK_S):
-                if not _alive(coordinator):
+                if gone():
                     return
                 continue
             message = conn.recv()
@@ -186,44 +293,42 @@ def worker_main(
             return
         if isinstance(message, Exit):
             return
+        answer = _answer(wid, message, slots, gone)
+        del message  # a job's payload is dropped with the job, not kept until the next message
+        if os.getpid() != me:
+            os._exit(0)  # thread_fn forked, and its child came back here: it has nothing to say
         try:
-            conn.send(_answer(wid, message, cursors, held))
+            conn.send(answer)
         except OSError:
             return
+        del answer
 
 
-def _answer(wid: int, message: Any, cursors: list, held: Any) -> Any:
+def _answer(wid: int, message: Any, slots: list[Slot], gone: Any) -> Any:
     if isinstance(message, RunJob):
-        return _run_job(wid, cursors[message.slot], message.generation, held, message.payload)
+        return _run_job(wid, slots[message.slot], message.generation, message.payload, gone)
     if isinstance(message, Attach):
         began = time.perf_counter()
         for block in message.blocks:
-            block.array  # noqa: B018 - attaching and pre-faulting is the point
-        return Attached(time.perf_counter() - began)
+            try:
+                block.array  # noqa: B018 - attaching and pre-faulting is the point
+            except (OSError, ValueError) as exc:
+                return Attached(time.perf_counter() - began, f"cannot attach {block.name}: {exc}")
+        return Attached(time.perf_counter() - began, None)
     if isinstance(message, Detach):
         shm.detach(message.name)
         return Detached()
     raise AssertionError(f"unknown message {message!r}")
 
 
-def _run_job(wid: int, cursor: Any, generation: int, held: Any, payload: bytes) -> JobDone:
+def _run_job(wid: int, slot: Slot, generation: int, payload: bytes, gone: Any) -> JobDone:
     try:
         thread_fn, arg = pickle.loads(payload)
     except BaseException as exc:
-        stop(cursor, generation, wid)
-        failure = ChunkFailure.caught(None, exc)
-        return JobDone(generation, array("q"), 0.0, portable(failure))
-    done = claim_chunks(cursor, generation, held, wid, thread_fn, arg)
-    return done._replace(failure=portable(done.failure)) if done.failure else done
-
-
-def portable(failure: ChunkFailure) -> ChunkFailure:
-    """A failure that pickles: the exception itself when it can travel, else a RuntimeError."""
-    try:
-        pickle.loads(pickle.dumps(failure.error))
-    except Exception:
-        return failure._replace(error=RuntimeError(f"{type(failure.error).__name__}: {failure.error}"))
-    return failure
+        fail(slot.cursor, generation, wid)
+        return JobDone(generation, array("q"), 0.0, ChunkFailure.caught(None, exc).portable())
+    done = claim_chunks(slot, generation, wid, thread_fn, arg, gone=gone)
+    return done._replace(failure=done.failure.portable()) if done.failure else done
 
 
 def _alive(pid: int) -> bool:

@@ -1,4 +1,5 @@
 import os
+import time
 
 import numpy as np
 import psutil
@@ -57,6 +58,14 @@ def children() -> set[int]:
         except psutil.NoSuchProcess:  # exited while we looked: not a leak
             pass
     return found
+
+
+def until(predicate, timeout=30.0):
+    """Wait for ``predicate()`` (a replacement worker, say: the engine starts it in the background)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "not within the time"
+        time.sleep(0.01)
 
 
 def until_a_helper_dies(engine, counts, job):

@@ -25,7 +25,7 @@ from padata_mp import (
 )
 from padata_mp.job import claim_sequence
 from tests import fns
-from tests.conftest import SHM, until_a_helper_dies
+from tests.conftest import SHM, until, until_a_helper_dies
 
 N = 1 << 20
 
@@ -147,7 +147,7 @@ def test_a_killed_worker_is_reported_and_replaced(no_leaks, counts):
             outside[s:end] = False
         assert (counts.array[outside] == 1).all()
         # Replaced: a new pid, same count, and the next job succeeds.
-        assert len(e.workers) == 2 and {pid for _, pid, _ in e.workers} != pids
+        until(lambda: len(e.workers) == 2 and {pid for _, pid, _ in e.workers} != pids)
         counts.array[:] = 0
         e.do_multithreaded(MtJob(fns.count, counts, 0, N, align=1024, max_threads=3))
         assert (counts.array == 1).all()
@@ -241,7 +241,7 @@ def test_retry_gives_up_after_max_retries():
         with pytest.raises(WorkerDiedError) as info:
             e.do_multithreaded(job)
         assert info.value.not_done
-        assert len(e.workers) == 2  # replaced, and usable
+        until(lambda: len(e.workers) == 2)  # replaced, and usable
         e.do_multithreaded(MtJob(fns.nothing, None, 0, 64, max_threads=2))
 
 

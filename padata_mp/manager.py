@@ -1,0 +1,387 @@
+"""The workers as the coordinator keeps them, and the one thread that waits on them all.
+
+As in CPython's concurrent/futures/process.py, one manager thread alone waits on every worker's
+pipe and process sentinel.  What it sees becomes an event for the worker's owner - the running job
+or the exchange it is lent to - or, for an idle worker, a replacement::
+
+    worker ── pipe: Ready, JobDone, Attached, Detached ──┐
+    worker ── sentinel: exited ──────────────────────────┤
+                                                         ▼
+                       Manager thread (alone calls wait() on pipes and sentinels; never
+                       interrupted: Ctrl-C reaches the main thread only)
+                         │ owner.deliver(helper, message)   a reply
+                         │ owner.deliver(helper, None)      a death, after its last words
+                         │ idle death, or a dead one given back: a new worker in its place,
+                         │   started outside any lock, Ready within START_TIMEOUT_S or killed
+                         │ an exchange's deadline passed: the worker is killed (a warning says so)
+                         ▼
+                       RunningJob (running.py) / Exchange (here)
+
+A worker is lent to one owner at a time (``lend``) and given back (``give_back``); a worker the
+coordinator killed is never lent again, and is replaced once its death is seen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing.connection
+import os
+import queue
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .errors import PadataError
+from .interrupts import deferred_interrupts
+from .topology import Topology
+from .worker import Detach, Exit, Ready, worker_main
+
+START_TIMEOUT_S = 60.0  # from a worker's start to its Ready
+RESTART_BACKOFF_S = 1.0  # after a replacement failed to start, before the next try
+TICK_S = 0.5  # the manager looks at deadlines at least this often
+KILL_WAIT_S = 10.0  # the most a SIGKILLed worker is waited for (one in uninterruptible sleep)
+
+STARTING, READY, DEAD = "starting", "ready", "dead"
+
+
+class Owner(Protocol):
+    """What a worker is lent to: told, in the manager thread, of each message and of the death."""
+
+    def deliver(self, helper: Helper, message: object | None) -> None: ...
+
+
+@dataclass(eq=False)
+class Helper:
+    """A worker process as the coordinator sees it.  ``owner`` is what it is lent to, None when
+    idle; ``doomed``: the coordinator killed it, and it is never lent again."""
+
+    wid: int
+    node: int
+    process: Any
+    conn: Any
+    state: str = STARTING
+    owner: Owner | None = None
+    doomed: bool = False
+    deadline: float | None = None  # an exchange's: answer by then or be killed
+    patience: float = 0.0  # how long it was given until the deadline
+    pending_detach: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    said_all: bool = False  # its pipe reached its end
+
+    def send(self, message: object) -> bool:
+        """False if the worker is gone (its pipe is broken or already closed)."""
+        try:
+            self.conn.send(message)
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def send_bytes(self, data: bytes) -> bool:
+        """``send`` of a message pickled once for many workers."""
+        try:
+            self.conn.send_bytes(data)
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def kill(self) -> None:
+        """SIGKILL: from the moment this returns it runs no more of its code.  The manager sees
+        its death and replaces it once it is given back."""
+        self.doomed = True
+        self.process.kill()
+
+    def kill_unresponsive(self, waited: float, stacklevel: int = 2) -> None:
+        warnings.warn(
+            f"padata_mp: worker {self.wid} (pid {self.process.pid}) did not answer within {waited:g} s "
+            "(stopped, or stuck); killed, and replaced",
+            RuntimeWarning,
+            stacklevel=stacklevel,
+        )
+        self.kill()
+
+    def how_it_died(self) -> str:
+        code = self.process.exitcode
+        if code is None:
+            return "a kill by the engine" if self.doomed else "an unknown cause"
+        return f"signal {-code}" if code < 0 else f"exit code {code}"
+
+
+class Manager:
+    """The pool's workers.  ``nodes[i]`` is worker i's node; ``worker_args`` follow (wid, cpus,
+    conn) in worker_main's arguments; ``reply_timeout`` bounds the unmapping of a block unlinked
+    while a worker was lent.  Starts the workers and returns once each said Ready; raises
+    PadataError (having stopped them all) if one dies or is silent for ``start_timeout`` s."""
+
+    def __init__(
+        self,
+        ctx: Any,
+        topology: Topology,
+        nodes: list[int],
+        worker_args: tuple,
+        start_timeout: float,
+        reply_timeout: float,
+    ):
+        self._ctx, self._topology, self._args = ctx, topology, worker_args
+        self._start_timeout, self.reply_timeout = start_timeout, reply_timeout
+        self.lock = threading.Lock()  # the workers list and each one's owner and state
+        self._wake_r, self._wake_w = os.pipe()
+        self._closing = False
+        self._changed = True  # the workers to watch changed
+        self._next_try: dict[int, float] = {}  # wid -> when a failed replacement may be tried again
+        self._started = queue.SimpleQueue[Helper]()  # starts and deaths while starting, for __init__
+        self.workers: list[Helper] = []
+        self._thread = threading.Thread(target=self._run, name="padata-manager", daemon=True)
+        try:
+            for wid, node in enumerate(nodes):
+                self.workers.append(self._spawn(wid, node))
+            self._thread.start()
+            self._await_starts()
+        except BaseException:
+            self.close(0.0)
+            raise
+
+    # -- lending ------------------------------------------------------------------------------
+
+    def idle(self, node: int | None = None) -> list[Helper]:
+        """Workers free to lend (on ``node``); call with ``lock`` held."""
+        return [
+            w
+            for w in self.workers
+            if w.owner is None and w.state == READY and not w.doomed and (node is None or w.node == node)
+        ]
+
+    def lend(self, helpers: list[Helper], owner: Owner, patience: float | None = None) -> None:
+        """``helpers`` (idle) now belong to ``owner``, each to answer within ``patience`` s (None:
+        no bound, a chunk takes as long as it takes); call with ``lock`` held."""
+        deadline = None if patience is None else time.monotonic() + patience
+        for w in helpers:
+            w.owner, w.deadline, w.patience = owner, deadline, patience or 0.0
+
+    def give_back(self, helpers: list[Helper]) -> None:
+        """Helpers an owner is done with: idle again, after unmapping blocks unlinked meanwhile; the
+        dead and the killed are replaced when their death is seen."""
+        with self.lock:
+            for w in helpers:
+                w.owner, w.deadline = None, None
+            detaching = [w for w in helpers if w.pending_detach and w.state == READY and not w.doomed]
+            lost = any(w.state == DEAD or w.doomed for w in helpers)
+        for w in detaching:
+            Exchange(self, Detach(w.pending_detach.pop(0)), self.reply_timeout, helpers=[w])
+        if lost:
+            self.wake()  # to replace them
+
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):  # closed: the manager is gone
+            os.write(self._wake_w, b"x")
+
+    # -- the manager thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        watched: dict[Any, tuple[Helper, bool]] = {}  # pipe or sentinel -> (worker, is_pipe)
+        looked = 0.0
+        while True:
+            if self._changed:  # a start, a death, the closing: the set to watch is made again
+                self._changed = False
+                with self.lock:
+                    live = [w for w in self.workers if w.state != DEAD]
+                if self._closing and not live:
+                    return
+                watched = {w.process.sentinel: (w, False) for w in live}
+                watched.update((w.conn, (w, True)) for w in live if not w.said_all)
+            ready = multiprocessing.connection.wait([self._wake_r, *watched], TICK_S)
+            # Replies first, in the order they came, before anything else is looked at.
+            for w, is_pipe in (watched[r] for r in ready if r is not self._wake_r):
+                if is_pipe and not w.said_all:
+                    self._receive(w)
+            for w, is_pipe in (watched[r] for r in ready if r is not self._wake_r):
+                if not is_pipe:
+                    self._bury(w)
+            if self._wake_r in ready:
+                os.read(self._wake_r, 4096)
+                self._changed = True  # woken: something was given back, or the end is near
+            if not ready or time.monotonic() - looked > TICK_S:
+                looked = time.monotonic()
+                self._enforce_deadlines()
+                self._changed = True
+            if self._changed and not self._closing:
+                self._replace_the_dead()
+
+    def _receive(self, w: Helper) -> None:
+        try:
+            message = w.conn.recv()
+        except (EOFError, OSError):
+            w.said_all = self._changed = True  # it is exiting: its sentinel follows
+            return
+        except Exception as exc:  # a message that does not load: not to be trusted
+            w.said_all = self._changed = True
+            warnings.warn(
+                f"padata_mp: worker {w.wid} sent what cannot be read ({exc}); killed", RuntimeWarning
+            )
+            w.kill()
+            return
+        if w.state == STARTING:
+            if isinstance(message, Ready):
+                w.state = READY
+                self._started.put(w)
+            return
+        owner = w.owner
+        if owner is not None:
+            owner.deliver(w, message)
+
+    def _bury(self, w: Helper) -> None:
+        """``w`` exited: its last words first, then its death, to its owner."""
+        while not w.said_all and w.conn.poll(0):
+            self._receive(w)
+        w.process.join(1.0)  # the sentinel is ready: this only reads the exit status
+        with self.lock:
+            starting, w.state = w.state == STARTING, DEAD
+            owner = w.owner
+        w.conn.close()
+        self._changed = True
+        if starting:
+            self._next_try[w.wid] = time.monotonic() + RESTART_BACKOFF_S
+            self._started.put(w)
+        if owner is not None:
+            owner.deliver(w, None)
+
+    def _enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        with self.lock:
+            late = [w for w in self.workers if w.state != DEAD and not w.doomed]
+        for w in late:
+            if w.state == STARTING and now - w.started > self._start_timeout:
+                w.kill_unresponsive(self._start_timeout, stacklevel=1)
+            elif w.deadline is not None and now > w.deadline:
+                w.kill_unresponsive(w.patience, stacklevel=1)
+
+    def _replace_the_dead(self) -> None:
+        now = time.monotonic()
+        with self.lock:
+            dead = [w for w in self.workers if w.state == DEAD and w.owner is None]
+        for w in dead:
+            if now < self._next_try.get(w.wid, 0.0):
+                continue
+            try:
+                new = self._spawn(w.wid, w.node)
+            except Exception as exc:  # the forkserver is gone, no memory...: tried again later
+                self._next_try[w.wid] = now + RESTART_BACKOFF_S
+                warnings.warn(
+                    f"padata_mp: worker {w.wid} could not be replaced ({exc})", RuntimeWarning, stacklevel=1
+                )
+                continue
+            with self.lock:
+                self.workers[w.wid] = new
+            self._changed = True
+
+    def _spawn(self, wid: int, node: int) -> Helper:
+        ours, theirs = self._ctx.Pipe()
+        args = (wid, self._topology.node(node).cpus, theirs, *self._args)
+        process = self._ctx.Process(target=worker_main, args=args, name=f"padata-{wid}", daemon=True)
+        # Ctrl-C waits while a process starts: one that exists but is not listed would live on.
+        with deferred_interrupts():
+            process.start()
+        theirs.close()
+        return Helper(wid, node, process, ours)
+
+    def _await_starts(self) -> None:
+        deadline = time.monotonic() + self._start_timeout
+        waiting = set(self.workers)
+        while waiting:
+            try:
+                w = self._started.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                w = next(iter(waiting))
+                raise PadataError(
+                    f"worker {w.wid} did not start within {self._start_timeout:.0f} s"
+                ) from None
+            if w.state == DEAD:
+                raise PadataError(f"worker {w.wid} died while starting ({w.how_it_died()})")
+            waiting.discard(w)
+
+    # -- the end ------------------------------------------------------------------------------
+
+    def close(self, timeout: float) -> None:
+        """Idle workers are asked to exit, lent ones killed (their owners are told of the deaths);
+        any still alive after ``timeout`` s is killed.  Returns once every one is dead and reaped
+        (or, for one stuck in the kernel, KILL_WAIT_S has passed)."""
+        with self.lock:
+            self._closing = self._changed = True
+            workers = list(self.workers)
+        for w in workers:
+            if w.state == READY and w.owner is None:
+                w.send(Exit())
+            elif w.state != DEAD:
+                w.kill()
+        self._wait_for_the_end(time.monotonic() + timeout)
+        deadline = time.monotonic() + KILL_WAIT_S
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            with self.lock:  # a replacement started just before the closing is on the list now
+                alive = [w for w in self.workers if w.state != DEAD]
+            for w in alive:
+                w.kill()
+            self._wait_for_the_end(min(deadline, time.monotonic() + TICK_S))
+        with self.lock:
+            workers, self.workers = self.workers, []
+        for w in workers:
+            if w.state != DEAD:  # never started, the thread never ran, or stuck in the kernel
+                w.process.join(0 if self._thread.is_alive() else KILL_WAIT_S)
+                w.conn.close()
+        if not self._thread.is_alive():  # else it still waits on the pipe: left open, not pulled away
+            wake_w, self._wake_w = self._wake_w, -1
+            os.close(self._wake_r)
+            os.close(wake_w)
+
+    def _wait_for_the_end(self, deadline: float) -> None:
+        if self._thread.is_alive():
+            self._changed = True
+            self.wake()
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+
+
+class Exchange:
+    """Workers lent for one question (attach, detach): every idle one, or ``helpers``.  The manager
+    gathers their answers and gives each back as it answers; one that has not answered in
+    ``timeout`` s is killed (a warning says so) and replaced.  It goes on without whoever asked, if
+    they stop waiting (Ctrl-C).  ``busy_too``: workers lent elsewhere are told afterwards, as
+    their owner gives them back (a Detach)."""
+
+    def __init__(
+        self,
+        manager: Manager,
+        message: object,
+        timeout: float,
+        helpers: list[Helper] | None = None,
+        busy_too: str | None = None,
+    ):
+        self._manager, self.timeout = manager, timeout
+        self.answers: dict[int, Any] = {}
+        self._wake = queue.SimpleQueue[None]()
+        self._deadline = time.monotonic() + timeout + KILL_WAIT_S
+        with manager.lock:
+            helpers = manager.idle() if helpers is None else helpers
+            if busy_too is not None:
+                for w in manager.workers:
+                    if w.owner is not None and w.state == READY:
+                        w.pending_detach.append(busy_too)
+            manager.lend(helpers, self, timeout)
+        self._waiting = {w.wid for w in helpers}
+        for w in helpers:
+            if not w.send(message):
+                w.kill()  # gone already: its death is its answer
+        manager.wake()
+
+    def deliver(self, helper: Helper, message: object | None) -> None:
+        self.answers[helper.wid] = message
+        self._waiting.discard(helper.wid)
+        self._manager.give_back([helper])
+        self._wake.put(None)
+
+    def wait(self) -> dict[int, Any]:
+        """Each worker's answer (None: it died, or was killed for not answering), once all are in;
+        bounded, since the manager kills the silent."""
+        while self._waiting and time.monotonic() < self._deadline:
+            with contextlib.suppress(queue.Empty):
+                self._wake.get(timeout=TICK_S)
+        return self.answers
