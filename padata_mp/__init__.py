@@ -26,7 +26,7 @@ from .errors import (
 if TYPE_CHECKING:
     from .job import MtJob, Plan, plan
     from .pool import Padata, default_engine, do_multithreaded
-    from .running import CALLER, JobFuture, JobReport, Progress
+    from .running import CALLER, JobCancelledError, JobFuture, JobReport, Progress
     from .shm import SharedArray
     from .topology import Node, Topology, read_topology, synthetic
 
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 _LAZY = {
     **dict.fromkeys(("MtJob", "Plan", "plan"), ".job"),
     **dict.fromkeys(("Padata", "default_engine", "do_multithreaded"), ".pool"),
-    **dict.fromkeys(("CALLER", "JobFuture", "JobReport", "Progress"), ".running"),
+    **dict.fromkeys(("CALLER", "JobCancelledError", "JobFuture", "JobReport", "Progress"), ".running"),
     "SharedArray": ".shm",
     **dict.fromkeys(("Node", "Topology", "read_topology", "synthetic"), ".topology"),
 }
@@ -66,6 +66,7 @@ __all__ = [
     "BadTypeError",
     "BadValueError",
     "EngineClosedError",
+    "JobCancelledError",
     "JobFailedError",
     "JobFuture",
     "JobReport",

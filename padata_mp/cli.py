@@ -303,14 +303,21 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: list[str] | None = None) -> int:
-    # First thing: from here on Ctrl-C and SIGTERM end in one line, even while numpy imports.
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+def main(argv: list[str] | None = None, held: list[int] | None = None) -> int:
+    """``padata-mp``.  ``held``: the signals that came while padata_mp.__main__ held them (it
+    still does), before this module was imported."""
+    previous = signal.SIG_DFL if held is not None else signal.getsignal(signal.SIGTERM)
     try:
+        # From here on Ctrl-C and SIGTERM end in one line, even while numpy imports.
+        signal.signal(signal.SIGTERM, _interrupt)
         # The imports under a hold: a C extension that a signal interrupts mid-import turns the
         # KeyboardInterrupt into an ImportError (numpy does), a traceback rather than one line.
         with deferred_interrupts():
             parser = build_parser()  # imports the benchmark, and with it the engine and numpy
+        if held is not None:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            if held:
+                raise KeyboardInterrupt
         argv = sys.argv[1:] if argv is None else argv
         args = parser.parse_args(argv)
         args.argv = argv

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import CancelledError
-
 from .ranges import Ranges
 
 
@@ -74,15 +72,6 @@ class WorkerDiedError(PadataError):
 class EngineClosedError(PadataError):
     """The engine was closed while the job ran: its helpers were stopped.  ``not_done`` lists the
     ranges left undone."""
-
-    def __init__(self, message: str, *, not_done: Ranges):
-        super().__init__(message)
-        self.not_done = not_done
-
-
-class JobCancelledError(PadataError, CancelledError):
-    """The job's future was cancelled: its helpers stopped claiming and finished the chunk they
-    held.  ``not_done`` lists the ranges left undone; the rest was done."""
 
     def __init__(self, message: str, *, not_done: Ranges):
         super().__init__(message)

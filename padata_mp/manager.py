@@ -217,7 +217,9 @@ class Manager:
         except Exception as exc:  # a message that does not load: not to be trusted
             w.said_all = self._changed = True
             warnings.warn(
-                f"padata_mp: worker {w.wid} sent what cannot be read ({exc}); killed", RuntimeWarning
+                f"padata_mp: worker {w.wid} sent what cannot be read ({exc}); killed",
+                RuntimeWarning,
+                stacklevel=1,
             )
             w.kill()
             return

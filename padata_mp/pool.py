@@ -40,7 +40,6 @@ from .checks import integer
 from .errors import (
     BadTypeError,
     BadValueError,
-    JobCancelledError,
     JobFailedError,
     PadataError,
     WorkerDiedError,
@@ -49,7 +48,15 @@ from .interrupts import Gate, deferred_interrupts, gate
 from .job import LOAD_BALANCE_FACTOR, MtJob, kernel_nworks, pickled_call, plan, undo_job
 from .manager import READY, START_TIMEOUT_S, Exchange, Helper, Manager
 from .ranges import Ranges, merge_ranges, subtract_ranges
-from .running import CALLER, DRAIN_TIMEOUT_S, JobFuture, JobReport, RunningJob, call_in_caller
+from .running import (
+    CALLER,
+    DRAIN_TIMEOUT_S,
+    JobCancelledError,
+    JobFuture,
+    JobReport,
+    RunningJob,
+    call_in_caller,
+)
 from .topology import Topology, pin_thread, read_topology
 from .worker import Attach, Attached, Claims, Cursor, Detach, Slot
 
@@ -423,7 +430,9 @@ def _abandoned(manager: Manager, remove_hook: Any, timeout: float = 0.0, warn: b
     """Stop the workers of an engine that is closing, or was dropped unclosed (then warned)."""
     if warn:
         warnings.warn(
-            "padata_mp: a Padata engine was not closed; its workers are stopped now", ResourceWarning
+            "padata_mp: a Padata engine was not closed; its workers are stopped now",
+            ResourceWarning,
+            stacklevel=1,
         )
     remove_hook()
     manager.close(timeout)

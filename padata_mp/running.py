@@ -24,11 +24,11 @@ import pickle
 import queue
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future, wait
 from dataclasses import dataclass, field
 
-from .errors import EngineClosedError, JobCancelledError, JobFailedError, PadataError, WorkerDiedError
-from .interrupts import Gate
+from .errors import EngineClosedError, JobFailedError, PadataError, WorkerDiedError
+from .interrupts import Gate, gate
 from .job import MtJob
 from .manager import Helper
 from .ranges import Ranges, merge_ranges
@@ -37,6 +37,16 @@ from .worker import ChunkFailure, ErrorReturn, JobDone, RunJob, Slot, check_resu
 CALLER = -1  # worker id of the job's caller in reports
 DRAIN_TIMEOUT_S = 1.0  # how long helpers get to finish their chunk after Ctrl-C
 CHECK_S = 0.5  # how often a waiting job looks for helpers that hold nothing and do not answer
+STOP_TIMEOUT_S = DRAIN_TIMEOUT_S + 10.0  # a stopped job's helpers drain, then are killed and reaped
+
+
+class JobCancelledError(PadataError, CancelledError):
+    """The job's future was cancelled: its helpers stopped claiming and finished the chunk they
+    held.  ``not_done`` lists the ranges left undone; the rest was done."""
+
+    def __init__(self, message: str, *, not_done: Ranges):
+        super().__init__(message)
+        self.not_done = not_done
 
 
 @dataclass
@@ -103,6 +113,18 @@ class JobFuture(Future):
         if running is not None:
             running.cancel()
         return True
+
+    def result(self, timeout: float | None = None) -> JobReport:
+        """The JobReport, once the job is done (``timeout``: as concurrent.futures'), or its error.
+        Ctrl-C while waiting here stops the job, as do_multithreaded would, before it propagates."""
+        with gate() as g:
+            try:
+                return super().result(timeout)
+            except KeyboardInterrupt:
+                with g.raised():
+                    self.cancel()
+                    wait([self], STOP_TIMEOUT_S)
+                raise
 
     @property
     def stopping(self) -> bool:

@@ -59,6 +59,7 @@ class SharedArray:
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
         self._owner = False
+        self._unlinked = False
 
     @classmethod
     def create(
@@ -107,15 +108,25 @@ class SharedArray:
         return entry[1]
 
     def unlink(self) -> None:
-        """Unmap and remove the block (creator only; idempotent).  Workers are told to let go."""
+        """Unmap and remove the block (creator only), and tell the engines' workers to let go of
+        it (bounded by their reply_timeout).  Ctrl-C waits until this is done: the block is
+        then gone, never half gone.  A second call does nothing; a handle that did not create the
+        block raises PermissionError."""
         if not self._owner:
+            if self._unlinked:
+                return
             raise PermissionError(f"only the creator of {self.name} unlinks it")
-        self._owner = False
-        block = _unmap(self.name)
-        if block is not None:
-            block.unlink()
-        for hook in list(_unlink_hooks):
-            hook(self.name)
+        with deferred_interrupts():
+            block = _unmap(self.name)
+            with contextlib.suppress(FileNotFoundError):  # swept, or removed by hand
+                if block is not None:
+                    block.unlink()
+                else:  # not mapped here any more: removed by name, and untracked as unlink does
+                    os.unlink(os.path.join(SHM_DIR, self.name))
+                    resource_tracker.unregister(f"/{self.name}", "shared_memory")
+            self._owner, self._unlinked = False, True
+            for hook in list(_unlink_hooks):
+                hook(self.name)
 
     def __enter__(self) -> SharedArray:
         return self

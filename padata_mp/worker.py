@@ -204,7 +204,7 @@ def claim_chunks(
     lock, c, held = cursor.get_lock(), cursor.get_obj(), slot.claims.array
     acquire, release, chunk_size = lock.acquire, lock.release, c.chunk_size
     first, last = slot.claims.where(index)
-    starts, began = array("q"), time.perf_counter()
+    starts, began, me = array("q"), time.perf_counter(), os.getpid()
     start = end = 0
     try:
         while True:
@@ -233,6 +233,8 @@ def claim_chunks(
             held[last] = start
             starts.append(start)
     except BaseException as exc:
+        if os.getpid() != me:  # thread_fn forked, and its child left it by an exception
+            os._exit(exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1)
         # The lock is not held here (the gate was down when this was raised); it is taken again,
         # with the gate up, to rank the failure.
         was, gate_up[0] = gate_up[0], True
@@ -256,12 +258,15 @@ def check_result(result: object) -> None:
     """What thread_fn returned, when not None: an integer (an int, or anything with ``__index__``
     such as numpy's, never a bool) is the RFC's error code, 0 for success; anything else is a
     mistake, raised as a TypeError that says what came back."""
-    if isinstance(result, bool) or not hasattr(type(result), "__index__"):
+    try:
+        if isinstance(result, bool):
+            raise TypeError
+        code = operator.index(result)  # type: ignore[arg-type]
+    except TypeError:
         raise TypeError(
             "thread_fn must return None or an int error code (padata ignores results), got "
             f"{type(result).__name__} {result!r:.80}"
-        )
-    code = operator.index(result)  # type: ignore[arg-type]
+        ) from None
     if code:
         raise ErrorReturn(code)
 

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import sys
 import time
 
 
@@ -111,3 +112,37 @@ class LoadsOnlyHere:
 
 def count_in(start, end, arg):
     arg.block.array[start:end] += 1
+
+
+def raise_unloadable(start, end, arg):
+    """In a worker: raise an exception whose class only the worker can import (its module is on
+    the worker's path alone).  Nothing in the coordinator."""
+    path, coordinator = arg
+    if os.getpid() == coordinator:
+        return
+    sys.path.insert(0, path)
+    import only_in_worker
+
+    raise only_in_worker.Odd("odd one")
+
+
+def exit_at(start, end, arg):
+    if start <= arg < end:
+        raise SystemExit(3)
+
+
+def fork_and_exit(start, end, counts):
+    """Fork a child that leaves through Python (SystemExit) inside thread_fn; count the range."""
+    pid = os.fork()
+    if pid == 0:
+        sys.exit(0)
+    os.waitpid(pid, 0)
+    counts.array[start:end] += 1
+
+
+def big_payload(start, end, arg):
+    """A by-reference function with a large fn_arg (bytes): the payload is what is measured."""
+
+
+def returns_arg(start, end, arg):
+    return arg

@@ -4,18 +4,21 @@ deferred init: what deferred init, the other kernel jobs and the benchmark share
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import os
+import queue
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..checks import integer
+from ..interrupts import gate
 from ..job import MtJob
 from ..pool import JobReport, Padata, default_engine
 from ..ranges import Ranges
-from ..running import Progress
+from ..running import STOP_TIMEOUT_S, JobFuture, Progress
 
 log = logging.getLogger("padata_mp.mm")
 PROGRESS_S = 0.25
@@ -77,8 +80,10 @@ def run_work(
 ) -> NodeRun:
     """Run ``work`` on the simulated ``nodes`` it spans: every node's job at once, each with its
     helpers (and its caller) on the engine node hosting it.  Raises the first node's error once
-    every node has stopped.  ``on_progress(fraction)`` is called about every PROGRESS_S while the
-    jobs run (the fraction of their indices done), and with 1.0 at the end.
+    every node has stopped; on Ctrl-C (or any error in this thread) every node's job is cancelled
+    and waited for first, so nothing of the work runs after the raise.  ``on_progress(fraction)``
+    is called about every PROGRESS_S while the jobs run (the fraction of their indices done), and
+    with 1.0 at the end.
 
     Without ``on_progress``, the calling thread is the caller of the last node's job, as the
     kernel's caller works too, where every CPU it may run on is that job's host node's (always on
@@ -94,17 +99,27 @@ def run_work(
         for node, job in jobs.items()
     }
     here = _caller_here(engine, jobs, host) if on_progress is None else None
-    futures = {node: engine.submit(job, node=host[node]) for node, job in jobs.items() if node != here}
     reports: dict[int, JobReport] = {}
-    if here is not None:
+    with gate() as g:  # Ctrl-C: every node's job stopped and accounted for before it propagates
+        futures: dict[int, JobFuture] = {}
+        ended = queue.SimpleQueue[None]()  # waited on in C: a Ctrl-C leaves no lock held
         try:
-            reports[here] = engine.do_multithreaded(jobs[here], node=host[here])
-        except Exception:
-            concurrent.futures.wait(futures.values())  # every node stopped before the error is raised
+            with g.raised():
+                for node, job in jobs.items():
+                    if node != here:
+                        futures[node] = engine.submit(job, node=host[node])
+                        futures[node].add_done_callback(lambda _: ended.put(None))
+            if here is not None:
+                reports[here] = engine.do_multithreaded(jobs[here], node=host[here])
+            while not all(f.done() for f in futures.values()):
+                with contextlib.suppress(queue.Empty):
+                    ended.get(timeout=PROGRESS_S)
+                if on_progress is not None:
+                    on_progress(_fraction([f.progress() for f in futures.values()]))
+        except BaseException:
+            with g.raised():
+                _stop_all(futures.values())
             raise
-    while concurrent.futures.wait(futures.values(), None if on_progress is None else PROGRESS_S).not_done:
-        if on_progress is not None:
-            on_progress(_fraction([f.progress() for f in futures.values()]))
     if on_progress is not None:
         on_progress(1.0)
     reports.update((node, future.result()) for node, future in futures.items())  # the first error
@@ -119,6 +134,15 @@ def run_work(
         run.node_ms[node] = (report.elapsed_s + time.perf_counter() - began_end) * 1e3
     run.elapsed_ms = (time.perf_counter() - began) * 1e3
     return run
+
+
+def _stop_all(futures: Iterable[JobFuture]) -> None:
+    """Cancel every job and wait until each has stopped (its helpers finish their chunk in
+    DRAIN_TIMEOUT_S, or are killed), so nothing of any node runs on after an error."""
+    futures = list(futures)
+    for future in futures:
+        future.cancel()
+    concurrent.futures.wait(futures, timeout=STOP_TIMEOUT_S)
 
 
 def _caller_here(engine: Padata, jobs: dict[int, MtJob], host: dict[int, int | None]) -> int | None:
