@@ -30,6 +30,7 @@ bench-engine: $(READY)
 lint: $(READY)
 	$(BIN)/ruff check padata_mp tests bench
 	$(BIN)/ruff format --check padata_mp tests bench
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks .hypothesis

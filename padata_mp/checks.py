@@ -16,7 +16,7 @@ def integer(name: str, value: object, minimum: int | None = None, maximum: int |
     """``value`` as an int, if it is an integer within [minimum, maximum]."""
     if isinstance(value, bool) or not hasattr(type(value), "__index__"):
         raise BadTypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    number = operator.index(value)
+    number = operator.index(value)  # type: ignore[arg-type]  # __index__ was checked above
     if minimum is not None and number < minimum:
         raise BadValueError(f"{name} must be >= {minimum}, got {number}")
     if maximum is not None and number > maximum:

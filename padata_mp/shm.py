@@ -18,13 +18,14 @@ import os
 import secrets
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from multiprocessing import resource_tracker
 from multiprocessing.shared_memory import SharedMemory
-from typing import Any, Self
+from typing import Any, Self, SupportsIndex
 
 import numpy as np
 import psutil
+from numpy.typing import DTypeLike
 
 from .checks import integer
 from .errors import ShmSpaceError
@@ -54,7 +55,7 @@ class SharedArray:
     another process pickles as the block's name, shape and dtype.
     """
 
-    def __init__(self, name: str, shape: tuple[int, ...], dtype: np.dtype | str):
+    def __init__(self, name: str, shape: tuple[int, ...], dtype: DTypeLike):
         self.name = name
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
@@ -64,8 +65,8 @@ class SharedArray:
     @classmethod
     def create(
         cls,
-        shape: int | tuple[int, ...],
-        dtype: np.dtype | str = np.uint8,
+        shape: SupportsIndex | Sequence[SupportsIndex],
+        dtype: DTypeLike = np.uint8,
         *,
         placement: list[tuple[int, int, int]] | None = None,
         on_progress: Callable[[float], None] | None = None,
@@ -75,16 +76,16 @@ class SharedArray:
         node)`` ranges whose pages should live on those NUMA nodes (mbind before the pages are
         allocated; silently not done where mbind is not available - check with memory_nodes).
         ``on_progress(fraction)``: called as each 256 MiB piece is reserved and mapped."""
-        dims = (shape,) if hasattr(type(shape), "__index__") else tuple(shape)
-        shape = tuple(integer("each of shape's sizes", n, 0) for n in dims)
-        dtype = np.dtype(dtype)
-        nbytes = max(math.prod(shape) * dtype.itemsize, 1)  # Python ints: no int64 wrap
+        dims = (shape,) if isinstance(shape, SupportsIndex) else tuple(shape)
+        sizes = tuple(integer("each of shape's sizes", n, 0) for n in dims)
+        itemsize = np.dtype(dtype).itemsize
+        nbytes = max(math.prod(sizes) * itemsize, 1)  # Python ints: no int64 wrap
         check_room(nbytes)
         name = f"{PREFIX}{os.getpid()}_{secrets.token_hex(6)}"
         block = SharedMemory(name, create=True, size=nbytes)
         try:
             with _mapped_lock:
-                _mapped[name] = (block, _view(block, shape, dtype))
+                _mapped[name] = (block, _view(block, sizes, np.dtype(dtype)))
             for start, end, node in placement or []:
                 _bind(_mapped[name][1], start, end, node)
             done = _progress(on_progress, 2 * nbytes)  # reserved, then mapped
@@ -95,7 +96,7 @@ class SharedArray:
                 block.close()
             block.unlink()
             raise
-        self = cls(name, shape, dtype)
+        self = cls(name, sizes, dtype)
         self._owner = True
         return self
 
@@ -150,7 +151,7 @@ class BlockOwner:
     def __init__(self) -> None:
         self._blocks: list[SharedArray] = []
 
-    def _create(self, shape: int | tuple[int, ...], dtype: np.dtype | type, **placement: Any) -> SharedArray:
+    def _create(self, shape: int | tuple[int, ...], dtype: DTypeLike, **placement: Any) -> SharedArray:
         block = SharedArray.create(shape, dtype, **placement)
         self._blocks.append(block)
         return block
@@ -231,7 +232,10 @@ def _attach(name: str, shape: tuple[int, ...], dtype: np.dtype) -> tuple[SharedM
         entry = _mapped.get(name)
         if entry is None:
             with _untracked():
-                block = SharedMemory(name) if sys.version_info < (3, 13) else SharedMemory(name, track=False)
+                if sys.version_info < (3, 13):
+                    block = SharedMemory(name)
+                else:
+                    block = SharedMemory(name, track=False)  # type: ignore[call-arg, unused-ignore]
             entry = _mapped[name] = (block, _view(block, shape, dtype))
             prefault(entry[1])
     return entry
@@ -273,7 +277,7 @@ def _unmap(name: str) -> SharedMemory | None:
     except BufferError:
         # A view is still in use: the mapping goes with the last one.  Drop the block's own
         # handle so its __del__ does not try, and fail, to close it again.
-        block._mmap = None
+        block._mmap = None  # type: ignore[attr-defined]
     return block
 
 
@@ -286,8 +290,9 @@ def _bind(view: np.ndarray, start: int, end: int, node: int) -> None:
 
 
 def _view(block: SharedMemory, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    count = math.prod(shape)
-    return np.frombuffer(block.buf, dtype=dtype, count=count).reshape(shape)
+    count, buffer = math.prod(shape), block.buf
+    assert buffer is not None  # None only once closed
+    return np.frombuffer(buffer, dtype=dtype, count=count).reshape(shape)
 
 
 def _progress(on_progress: Callable[[float], None] | None, total: int) -> Callable[[int], None] | None:

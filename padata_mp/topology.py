@@ -84,6 +84,7 @@ def read_topology(root: str | os.PathLike = "/sys", allowed_cpus: set[int] | Non
         allowed &= online_cpus
     node_dir = root / "devices/system/node"
     node_ids = _read_list(node_dir / "online")
+    nodes: tuple[Node, ...]
     if node_ids is None:
         nodes = (Node(0, tuple(sorted(allowed)), psutil.virtual_memory().total, 0),)
     else:

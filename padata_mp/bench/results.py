@@ -153,7 +153,9 @@ class Result:
             raise BadValueError(
                 f"{source} is not a padata-mp bench result of schema {SCHEMA} (found {found})"
             )
-        meta = {k: data[k] for k in ("schema", "padata_mp_version", "created", "argv") if k in data}
+        meta: dict[str, Any] = {
+            k: data[k] for k in ("schema", "padata_mp_version", "created", "argv") if k in data
+        }
         try:
             result = cls(data["machine"], data["config"], data["pages"], data["bytes_per_page"], meta=meta)
             result.rows, result.native, result.peers = (

@@ -9,6 +9,7 @@ starts from), attaching and pre-faulting in the workers, the job (the headline, 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
 import subprocess
@@ -27,7 +28,7 @@ from ..checks import require
 from ..errors import PadataError
 from ..job import MtJob
 from ..mm.deferred import check_kernel
-from ..mm.runner import run_work
+from ..mm.runner import NodeWork, run_work
 from ..mm.sizes import parse_size
 from ..native import Built, build
 from ..pool import Padata
@@ -176,6 +177,12 @@ def round_trip(engine: Padata) -> float:
     return float(np.median(times))
 
 
+def _engine_run(work: NodeWork, nodes: int, engine: Padata, threads: int) -> float:
+    """The engine's row: as deferred_init runs it (no on_progress, which would take the caller's
+    part away); ms."""
+    return run_work(work, range(nodes), engine, threads).elapsed_ms
+
+
 def plain_run(load: Workload, kernel: str) -> float:
     """The (0) row: each node's job as one call in this process, then the coordinator's part; ms."""
     work = load.works[kernel]
@@ -199,22 +206,21 @@ def configurations(
     native reference, and the peers (their pools made in ``pools``, when given) per thread count."""
     runs: dict[Key, Callable[[], float]] = {}
     for kernel, work in load.works.items():
-        runs[("plain", "(0)", kernel, 0)] = lambda k=kernel: plain_run(load, k)
+        runs[("plain", "(0)", kernel, 0)] = functools.partial(plain_run, load, kernel)
         for count in counts:
-            # As deferred_init runs it: no on_progress, which would take the caller's part away.
-            runs[("padata_mp", "padata_mp", kernel, count)] = lambda w=work, c=count: (
-                run_work(w, range(load.nodes), engine, c).elapsed_ms
+            runs[("padata_mp", "padata_mp", kernel, count)] = functools.partial(
+                _engine_run, work, load.nodes, engine, count
             )
     peer_kernel = next(iter(load.works))  # the peers run load.work: the first kernel's
     for count in counts:
         if program and load.machine:
-            runs[("native", NATIVE, "c", count)] = lambda c=count: native.native_init(
-                program, load.machine, c
+            runs[("native", NATIVE, "c", count)] = functools.partial(
+                native.native_init, program, load.machine, count
             )
         made = peers(load.shared_arrays, count, pools) if pools is not None else {}
         for name, mapper in made.items():
-            runs[("peer", name, peer_kernel, count)] = lambda c=count, m=mapper: peer_run(
-                load.work, load.nodes, c, m, engine
+            runs[("peer", name, peer_kernel, count)] = functools.partial(
+                peer_run, load.work, load.nodes, count, mapper, engine
             )
     return runs
 

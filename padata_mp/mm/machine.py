@@ -121,12 +121,12 @@ class Machine(BlockOwner):
         by the 256 MiB piece, takes most of the time)."""
         total_pages = parse_size(mem) // pg.PAGE_SIZE
         host = read_topology()
-        if nodes == "auto":
-            nodes = max(1, len((topology or host).nodes_with_cpus))
-        node_layout = layout(total_pages, nodes)
+        count = max(1, len((topology or host).nodes_with_cpus)) if nodes == "auto" else nodes
+        node_layout = layout(total_pages, integer("nodes", count, 1))
         host_nodes = host_nodes or tuple(n.id for n in host.nodes if n.mem_bytes) or (0,)
-        holes = _check_holes(holes or [], total_pages)
-        machine = cls(total_pages, node_layout, holes, host_nodes, on_progress)
+        machine = cls(
+            total_pages, node_layout, _check_holes(holes or [], total_pages), host_nodes, on_progress
+        )
         try:
             if on_progress is not None:
                 on_progress("early boot: poisoning the struct pages, initialising the reserved ones")

@@ -198,7 +198,8 @@ class Mapping(BlockOwner):
             self.close()
             raise
         flags = pg.page_flags(node, self.zone.zone)
-        self.job_arg = MapJob(machine.shared_arrays[0], *made, flags)
+        blocks, pfns, records = made
+        self.job_arg = MapJob(machine.shared_arrays[0], blocks, pfns, records, flags)
 
     @property
     def shared_arrays(self) -> tuple[SharedArray, ...]:
@@ -469,6 +470,9 @@ class _Unpin:
 
     def end(self, node: int) -> None:
         pass
+
+    def verify(self) -> object:
+        return self.pin.verify()
 
 
 def mmap_populate(mapping: Mapping, engine: Padata | None = None, threads: int | None = None) -> NodeRun:

@@ -10,6 +10,7 @@ strided store per field over a tile small enough to stay in cache (kernel.md sec
 from __future__ import annotations
 
 import functools
+from typing import Any, overload
 
 import numpy as np
 
@@ -83,12 +84,16 @@ def counts_word(mapcount: int, refcount: int) -> int:
     return ((refcount & 0xFFFF_FFFF) << 32) | (mapcount & 0xFFFF_FFFF)
 
 
+@overload
+def lru_address(pfn: int) -> int: ...
+@overload
+def lru_address(pfn: np.ndarray) -> np.ndarray: ...
 def lru_address(pfn: np.ndarray | int) -> np.ndarray | int:
     """&page->lru for ``pfn``: where list pointers to the page point."""
     return VMEMMAP_BASE + pfn * STRUCT_PAGE_SIZE + LRU_OFFSET
 
 
-def lru_pfn(address: np.ndarray) -> np.ndarray:
+def lru_pfn(address: Any) -> Any:
     """The pfn whose lru lives at ``address`` (inverse of lru_address)."""
     return (address - np.uint64(VMEMMAP_BASE + LRU_OFFSET)) // np.uint64(STRUCT_PAGE_SIZE)
 

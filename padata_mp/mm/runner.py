@@ -35,8 +35,11 @@ class NodeWork(Protocol):
     work's own business (Machine.reset or save_state/restore_state, a device's, file's or
     mapping's reset)."""
 
-    pages: int
-    bytes_per_page: int
+    @property
+    def pages(self) -> int: ...
+
+    @property
+    def bytes_per_page(self) -> int: ...
 
     def begin(self, threads: dict[int, int]) -> dict[int, MtJob]: ...
 
@@ -151,6 +154,7 @@ def _caller_here(engine: Padata, jobs: dict[int, MtJob], host: dict[int, int | N
     numa_aware job on several nodes is dealt over them all, its caller included: never here."""
     allowed, one_node = os.sched_getaffinity(0), len(engine.topology.nodes_with_cpus) == 1
     for node in reversed(list(jobs)):
-        if one_node or (host[node] is not None and allowed <= set(engine.topology.node(host[node]).cpus)):
+        host_node = host[node]
+        if one_node or (host_node is not None and allowed <= set(engine.topology.node(host_node).cpus)):
             return node
     return None

@@ -81,7 +81,7 @@ def compare_words(words: np.ndarray, pfns: int | np.ndarray, expect: tuple, what
         wrong = np.flatnonzero(words[:, w] != np.asarray(value, dtype=np.uint64))
         if len(wrong) and (first_bad is None or wrong[0] < first_bad):
             first_bad, bad_word = int(wrong[0]), w
-    if first_bad is not None:
+    if first_bad is not None and bad_word is not None:
         pfn = int(pfns[first_bad]) if isinstance(pfns, np.ndarray) else pfns + first_bad
         got = int(words[first_bad, bad_word])
         want = int(np.broadcast_to(np.asarray(expect[bad_word], dtype=np.uint64), (len(words),))[first_bad])
