@@ -24,6 +24,13 @@ def integer(name: str, value: object, minimum: int | None = None, maximum: int |
     return number
 
 
+def seconds(name: str, value: object) -> float:
+    """``value`` as a float, if it is a number of seconds > 0 (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise BadValueError(f"{name} must be a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
 def flag(name: str, value: object) -> bool:
     """``value``, if it is a bool."""
     if not isinstance(value, bool):

@@ -79,17 +79,17 @@ def gate() -> Iterator[Gate]:
         yield Gate()
         return
     made = Gate(previous)
-    signal.signal(signal.SIGINT, made.handler)
     _installed.gate = made
     try:
+        signal.signal(signal.SIGINT, made.handler)  # in the try: one landing now restores too
         yield made
     finally:
+        was_up, made.up[0] = made.up[0], True  # one landing while the handler is put back: held
         _installed.gate = None
         signal.signal(signal.SIGINT, previous)
         # Leaving normally with an interrupt held: it is raised now, as it would have been.
-        if made.held[0] and not made.up[0]:
-            made.held[0] = False
-            raise KeyboardInterrupt
+        if made.held[0] and not was_up:
+            previous(signal.SIGINT, None)
 
 
 @contextlib.contextmanager

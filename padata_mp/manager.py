@@ -24,9 +24,9 @@ coordinator killed is never lent again, and is replaced once its death is seen.
 from __future__ import annotations
 
 import contextlib
-import multiprocessing.connection
 import os
 import queue
+import select
 import threading
 import time
 import warnings
@@ -69,19 +69,17 @@ class Helper:
     pending_detach: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     said_all: bool = False  # its pipe reached its end
+    replacing: bool = False  # dead, and a new worker is being started in its place
+    overdue: bool = False  # ... for longer than a start may take (said once)
 
-    def send(self, message: object) -> bool:
-        """False if the worker is gone (its pipe is broken or already closed)."""
+    def send(self, message: object, pickled: bool = False) -> bool:
+        """False if the worker is gone (its pipe is broken or already closed).  ``pickled``: the
+        message is bytes, pickled once for many workers."""
         try:
-            self.conn.send(message)
-        except (OSError, ValueError):
-            return False
-        return True
-
-    def send_bytes(self, data: bytes) -> bool:
-        """``send`` of a message pickled once for many workers."""
-        try:
-            self.conn.send_bytes(data)
+            if pickled:
+                self.conn.send_bytes(message)
+            else:
+                self.conn.send(message)
         except (OSError, ValueError):
             return False
         return True
@@ -128,6 +126,7 @@ class Manager:
         self.lock = threading.Lock()  # the workers list and each one's owner and state
         self._wake_r, self._wake_w = os.pipe()
         self._closing = False
+        self._over = False  # closed: a replacement that starts now is stopped at once
         self._changed = True  # the workers to watch changed
         self._next_try: dict[int, float] = {}  # wid -> when a failed replacement may be tried again
         self._started = queue.SimpleQueue[Helper]()  # starts and deaths while starting, for __init__
@@ -179,7 +178,10 @@ class Manager:
     # -- the manager thread -------------------------------------------------------------------
 
     def _run(self) -> None:
-        watched: dict[Any, tuple[Helper, bool]] = {}  # pipe or sentinel -> (worker, is_pipe)
+        # A poll object kept between waits, made again only when the workers change: the thread
+        # goes back to waiting (and lets the interpreter lock go) at once after a delivery.
+        watched: dict[int, tuple[Helper, bool]] = {}  # fd of a pipe or a sentinel -> (worker, is_pipe)
+        poller = select.poll()
         looked = 0.0
         while True:
             if self._changed:  # a start, a death, the closing: the set to watch is made again
@@ -189,18 +191,22 @@ class Manager:
                 if self._closing and not live:
                     return
                 watched = {w.process.sentinel: (w, False) for w in live}
-                watched.update((w.conn, (w, True)) for w in live if not w.said_all)
-            ready = multiprocessing.connection.wait([self._wake_r, *watched], TICK_S)
-            # Replies first, in the order they came, before anything else is looked at.
-            for w, is_pipe in (watched[r] for r in ready if r is not self._wake_r):
+                watched.update((w.conn.fileno(), (w, True)) for w in live if not w.said_all)
+                poller = select.poll()
+                for fd in [self._wake_r, *watched]:
+                    poller.register(fd, select.POLLIN)
+            ready = [watched.get(fd) for fd, _ in poller.poll(TICK_S * 1000)]
+            # Replies first, in the order they came, then deaths: a worker's last words come
+            # before the news of its death.
+            for w, is_pipe in filter(None, ready):
                 if is_pipe and not w.said_all:
                     self._receive(w)
-            for w, is_pipe in (watched[r] for r in ready if r is not self._wake_r):
-                if not is_pipe:
+            for w, is_pipe in filter(None, ready):
+                if not is_pipe and w.state != DEAD:
                     self._bury(w)
-            if self._wake_r in ready:
+            if None in ready:  # the wake pipe: something was given back, or the end is near
                 os.read(self._wake_r, 4096)
-                self._changed = True  # woken: something was given back, or the end is near
+                self._changed = True
             if not ready or time.monotonic() - looked > TICK_S:
                 looked = time.monotonic()
                 self._enforce_deadlines()
@@ -212,7 +218,10 @@ class Manager:
         try:
             message = w.conn.recv()
         except (EOFError, OSError):
-            w.said_all = self._changed = True  # it is exiting: its sentinel follows
+            # Its pipe closes when it exits: dead, even where the news of its exit waits on a
+            # stopped forkserver (which reaps it and writes its sentinel).
+            w.said_all = self._changed = True
+            self._bury(w)
             return
         except Exception as exc:  # a message that does not load: not to be trusted
             w.said_all = self._changed = True
@@ -236,7 +245,9 @@ class Manager:
         """``w`` exited: its last words first, then its death, to its owner."""
         while not w.said_all and w.conn.poll(0):
             self._receive(w)
-        w.process.join(1.0)  # the sentinel is ready: this only reads the exit status
+        if w.state == DEAD:  # its last words were the end of its pipe
+            return
+        w.process.join(0.1)  # its exit status, ready at once unless the forkserver is stopped
         with self.lock:
             starting, w.state = w.state == STARTING, DEAD
             owner = w.owner
@@ -251,31 +262,61 @@ class Manager:
     def _enforce_deadlines(self) -> None:
         now = time.monotonic()
         with self.lock:
-            late = [w for w in self.workers if w.state != DEAD and not w.doomed]
-        for w in late:
-            if w.state == STARTING and now - w.started > self._start_timeout:
+            workers = list(self.workers)
+        for w in workers:
+            if w.state == DEAD:
+                if w.replacing and now - w.started > self._start_timeout and not w.overdue:
+                    w.overdue = True
+                    warnings.warn(
+                        f"padata_mp: worker {w.wid}'s replacement has not started within "
+                        f"{self._start_timeout:g} s (is the forkserver stopped?); the pool works on "
+                        "without it",
+                        RuntimeWarning,
+                        stacklevel=1,
+                    )
+            elif w.doomed:
+                continue
+            elif w.state == STARTING and now - w.started > self._start_timeout:
                 w.kill_unresponsive(self._start_timeout, stacklevel=1)
             elif w.deadline is not None and now > w.deadline:
                 w.kill_unresponsive(w.patience, stacklevel=1)
 
     def _replace_the_dead(self) -> None:
+        """Start a worker in the place of each dead one nobody holds, each in a thread of its own:
+        a start that hangs (a stopped forkserver) holds up nothing but itself."""
         now = time.monotonic()
         with self.lock:
-            dead = [w for w in self.workers if w.state == DEAD and w.owner is None]
+            dead = [w for w in self.workers if w.state == DEAD and w.owner is None and not w.replacing]
+            dead = [w for w in dead if now >= self._next_try.get(w.wid, 0.0)]
+            for w in dead:
+                w.replacing, w.started = True, now
         for w in dead:
-            if now < self._next_try.get(w.wid, 0.0):
-                continue
-            try:
-                new = self._spawn(w.wid, w.node)
-            except Exception as exc:  # the forkserver is gone, no memory...: tried again later
-                self._next_try[w.wid] = now + RESTART_BACKOFF_S
-                warnings.warn(
-                    f"padata_mp: worker {w.wid} could not be replaced ({exc})", RuntimeWarning, stacklevel=1
-                )
-                continue
+            threading.Thread(
+                target=self._replace, args=(w,), name=f"padata-start-{w.wid}", daemon=True
+            ).start()
+
+    def _replace(self, dead: Helper) -> None:
+        try:
+            new = self._spawn(dead.wid, dead.node)
+        except Exception as exc:  # the forkserver is gone, no memory...: tried again later
+            self._next_try[dead.wid] = time.monotonic() + RESTART_BACKOFF_S
             with self.lock:
-                self.workers[w.wid] = new
+                dead.replacing = False
             self._changed = True
+            warnings.warn(
+                f"padata_mp: worker {dead.wid} could not be replaced ({exc})", RuntimeWarning, stacklevel=1
+            )
+            return
+        with self.lock:  # closing or not: the closing kills whatever is on the list, until it is over
+            if not self._over:
+                self.workers[dead.wid] = new
+        if self._over:
+            new.kill()
+            new.process.join(KILL_WAIT_S)
+            new.conn.close()
+            return
+        self._changed = True
+        self.wake()
 
     def _spawn(self, wid: int, node: int) -> Helper:
         ours, theirs = self._ctx.Pipe()
@@ -325,7 +366,7 @@ class Manager:
                 w.kill()
             self._wait_for_the_end(min(deadline, time.monotonic() + TICK_S))
         with self.lock:
-            workers, self.workers = self.workers, []
+            workers, self.workers, self._over = self.workers, [], True
         for w in workers:
             if w.state != DEAD:  # never started, the thread never ran, or stuck in the kernel
                 w.process.join(0 if self._thread.is_alive() else KILL_WAIT_S)

@@ -21,6 +21,7 @@ it runs after the call.
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import ctypes
 import itertools
 import math
@@ -36,7 +37,7 @@ import weakref
 from typing import Any
 
 from . import shm
-from .checks import integer
+from .checks import integer, seconds
 from .errors import (
     BadTypeError,
     BadValueError,
@@ -51,6 +52,7 @@ from .ranges import Ranges, merge_ranges, subtract_ranges
 from .running import (
     CALLER,
     DRAIN_TIMEOUT_S,
+    STOP_TIMEOUT_S,
     JobCancelledError,
     JobFuture,
     JobReport,
@@ -100,25 +102,10 @@ class Padata:
         if workers is not None:
             workers = integer("workers", workers, 1)
         self.load_balance_factor = integer("load_balance_factor", load_balance_factor, 1)
-        if (
-            isinstance(reply_timeout, bool)
-            or not isinstance(reply_timeout, int | float)
-            or reply_timeout <= 0
-        ):
-            raise BadValueError(f"reply_timeout must be a number of seconds > 0, got {reply_timeout!r}")
-        self.reply_timeout = float(reply_timeout)
+        self.reply_timeout = seconds("reply_timeout", reply_timeout)
         self._cap_to_cpus = workers is None
         nworkers = self.topology.default_workers() if workers is None else workers
-        method = start_method or "forkserver"
-        if method not in multiprocessing.get_all_start_methods():
-            raise BadValueError(
-                f"start_method must be one of {multiprocessing.get_all_start_methods()}, got {method!r}"
-            )
-        self.start_method = method
-        ctx = multiprocessing.get_context(method)
-        if method == "forkserver":
-            ctx.set_forkserver_preload(["numpy", "padata_mp.pool"])
-            _start_forkserver()
+        self.start_method, ctx = _context(start_method or "forkserver")
         shm.sweep_dead_owners()
         self._closed = False
         self._rr_node = 0  # numa_aware round-robin position, kept across jobs as the kernel does
@@ -139,7 +126,7 @@ class Padata:
         self._lock = self._manager.lock  # admission, slots, running jobs: one lock with the workers'
         self._jobs_done = threading.Condition(self._lock)  # notified when a running job ends
         detach = weakref.WeakMethod(self._detach_everywhere)  # a dropped engine is not kept alive
-        self._remove_hook = shm.on_unlink(lambda name: (method := detach()) and method(name))
+        self._remove_hook = shm.on_unlink(lambda name: (bound := detach()) and bound(name))
         self._finalizer = weakref.finalize(self, _abandoned, self._manager, self._remove_hook)
 
     # -- public -----------------------------------------------------------------------------
@@ -193,8 +180,16 @@ class Padata:
             except BaseException as exc:
                 future.set_exception(exc)
 
-        future.set_running_or_notify_cancel()
-        threading.Thread(target=run, name=f"padata-job-node{node}", daemon=True).start()
+        thread = threading.Thread(target=run, name=f"padata-job-node{node}", daemon=True)
+        try:
+            with gate() as g, g.raised():  # Ctrl-C: raised once the job has started, then stopped
+                future.set_running_or_notify_cancel()
+                thread.start()
+        except KeyboardInterrupt:
+            if thread.is_alive() or future.done():
+                future.cancel()
+                concurrent.futures.wait([future], STOP_TIMEOUT_S)
+            raise
         return future
 
     def attach(self, *arrays: shm.SharedArray) -> dict[int, float]:
@@ -441,6 +436,19 @@ def _abandoned(manager: Manager, remove_hook: Any, timeout: float = 0.0, warn: b
 def _check_job(job: object) -> None:
     if not isinstance(job, MtJob):
         raise BadTypeError(f"job must be an MtJob, got {type(job).__name__}")
+
+
+def _context(method: str) -> tuple[str, Any]:
+    """The multiprocessing context of ``method``; forkserver's started now, numpy preloaded."""
+    if method not in multiprocessing.get_all_start_methods():
+        raise BadValueError(
+            f"start_method must be one of {multiprocessing.get_all_start_methods()}, got {method!r}"
+        )
+    ctx = multiprocessing.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload(["numpy", "padata_mp.pool"])
+        _start_forkserver()
+    return method, ctx
 
 
 _forkserver_started = False

@@ -220,7 +220,7 @@ class RunningJob:
         message = RunJob(self.slot.number, self.generation, self.payload)
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)  # once, however many helpers
         for h in self.helpers:
-            if not h.send_bytes(data):  # died after it was lent: holding nothing, it costs nothing
+            if not h.send(data, pickled=True):  # died after it was lent: holding nothing, it costs nothing
                 h.kill()
                 self.dead[h.wid] = h
 
