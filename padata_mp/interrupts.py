@@ -47,16 +47,25 @@ class Gate:
             self.held[0] = False
             self.handler(signal.SIGINT, None)
 
-    @contextlib.contextmanager
-    def raised(self) -> Iterator[None]:
+    def raised(self) -> _Raised:
         """The gate up for a block that must not be cut short; lowered after, unless it was up."""
-        was = self.up[0]
-        self.up[0] = True
-        try:
-            yield
-        finally:
-            if not was:
-                self.lower()
+        return _Raised(self)
+
+
+class _Raised:
+    """``with gate.raised():`` - a class, not a generator: it is entered several times a job."""
+
+    __slots__ = ("gate", "was")
+
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+
+    def __enter__(self) -> None:
+        self.was, self.gate.up[0] = self.gate.up[0], True
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.was:
+            self.gate.lower()
 
 
 _installed = threading.local()

@@ -1,21 +1,14 @@
-"""The workers as the coordinator keeps them, and the one thread that waits on them all.
+"""The workers as the coordinator keeps them, and the one thread that waits on them all (the data
+flow is pool.py's diagram).
 
 As in CPython's concurrent/futures/process.py, one manager thread alone waits on every worker's
-pipe and process sentinel.  What it sees becomes an event for the worker's owner - the running job
-or the exchange it is lent to - or, for an idle worker, a replacement::
-
-    worker ── pipe: Ready, JobDone, Attached, Detached ──┐
-    worker ── sentinel: exited ──────────────────────────┤
-                                                         ▼
-                       Manager thread (alone calls wait() on pipes and sentinels; never
-                       interrupted: Ctrl-C reaches the main thread only)
-                         │ owner.deliver(helper, message)   a reply
-                         │ owner.deliver(helper, None)      a death, after its last words
-                         │ idle death, or a dead one given back: a new worker in its place,
-                         │   started outside any lock, Ready within START_TIMEOUT_S or killed
-                         │ an exchange's deadline passed: the worker is killed (a warning says so)
-                         ▼
-                       RunningJob (running.py) / Exchange (here)
+pipe and process sentinel; it is never interrupted (Ctrl-C reaches the main thread only), so no
+message is ever half read.  What it sees becomes an event for the worker's owner - the running
+job or the exchange it is lent to: ``owner.deliver(helper, message)`` for a reply,
+``owner.deliver(helper, None)`` for a death, after the worker's last words.  An idle worker's
+death, or a dead one given back, is replaced: started in a thread of its own, outside any lock,
+and in service once it says Ready (within START_TIMEOUT_S, or killed with a warning).  An
+exchange's worker that has not answered by its deadline is killed, a warning says so.
 
 A worker is lent to one owner at a time (``lend``) and given back (``give_back``); a worker the
 coordinator killed is never lent again, and is replaced once its death is seen.

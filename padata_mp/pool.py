@@ -1,21 +1,25 @@
 """The engine's public face: ``Padata``, padata_do_multithreaded() on a persistent pool of pinned
-worker processes.
+worker processes.  The engine's one data-flow diagram, by the process and thread that run each part:
 
-Calls go one way, pool -> running job -> worker; the workers' lifecycle, and the one thread that
-waits on them all, are manager.py's.  A job's way::
-
-    do_multithreaded(job) / submit(job)      [the caller's thread, under the SIGINT gate]
-      │ admission: kernel_nworks; idle helpers (round-robin over nodes when numa_aware),
-      │ a free slot, a new generation: one RunningJob owns them all
+    do_multithreaded(job) / submit(job)               [the caller's thread, under the SIGINT gate]
+      │ pool.py: admission - kernel_nworks, idle helpers lent by the Manager (round-robin over
+      │ nodes when numa_aware), a free slot, a new generation: one RunningJob owns them all
       ▼
-    RunningJob.run (running.py) ──► helpers ─► claim_chunks (worker.py); the caller claims too
-      ▼ the verdict, once every helper has replied or died
-    retry=True: the ranges dead helpers left, run again; undo_fn: undone what had completed
+    RunningJob.run (running.py) ── RunJob, pickled once ──► helpers: worker_main ─► claim_chunks
+      │ the caller claims too: claim_chunks (worker.py) ──► cursor[slot] ◄── every claimant
+      │                                                                      │ JobDone, or death
+      │        the manager thread (manager.py) alone waits on every pipe and sentinel
+      ◄── deliver(helper, reply | None) ───────────────────────────────────┘
+      │ the verdict, once every helper has replied or died; what helpers that died holding
+      │ nothing left unclaimed, the caller's side claims itself
+      ▼
+    pool.py: retry=True runs the ranges dead helpers left again; undo_fn undoes what completed
       ▼
     JobReport, or a PadataError naming the ranges not done
 
-A call returns, or raises, only when every helper it was given has replied or is dead: nothing of
-it runs after the call.
+Calls go one way, pool -> running job -> worker; the manager calls back only into what a worker is
+lent to.  A call returns, or raises, only when every helper it was given has replied or is dead:
+nothing of it runs after the call.
 """
 
 from __future__ import annotations
@@ -156,7 +160,7 @@ class Padata:
         (or the caller) do.  Ctrl-C stops the helpers, waits for them (at most DRAIN_TIMEOUT_S,
         then kills them) and raises KeyboardInterrupt: after that nothing of the job runs.
         """
-        return self._do(job, node, caller_in_worker=False)
+        return self._do(job, node, caller_works=True)
 
     def submit(self, job: MtJob, node: int | None = None) -> JobFuture:
         """Start ``job`` and return a Future of its JobReport, so several jobs, one per node as
@@ -176,7 +180,7 @@ class Padata:
             if node is not None:
                 pin_thread(self.topology.node(node).cpus)
             try:
-                future.set_result(self._do(job, node, True, future))
+                future.set_result(self._do(job, node, False, future))
             except BaseException as exc:
                 future.set_exception(exc)
 
@@ -238,7 +242,7 @@ class Padata:
     # -- a job ------------------------------------------------------------------------------
 
     def _do(
-        self, job: MtJob, node: int | None, caller_in_worker: bool, future: JobFuture | None = None
+        self, job: MtJob, node: int | None, caller_works: bool, future: JobFuture | None = None
     ) -> JobReport:
         _check_job(job)
         if node is not None:
@@ -249,7 +253,7 @@ class Padata:
         if job.size == 0:
             return JobReport(0, 0, [], 0.0)
         with gate() as g:
-            run = _Call(self, g, node, caller_in_worker, future)
+            run = _Call(self, g, node, caller_works, future)
             report, failure = run.range(job, payload, job.start, job.end, None, [])
             for _ in range(MAX_RETRIES if job.retry else 0):
                 if not isinstance(failure, WorkerDiedError):
@@ -267,30 +271,30 @@ class Padata:
         job: MtJob,
         payload: bytes,
         node: int | None,
-        caller_in_worker: bool,
+        caller_works: bool,
         span: tuple[int, int],
         chunk: int | None,
     ) -> RunningJob | None:
         """Lend the job its helpers, a slot and a generation; None when no helper is to be had."""
-        wanted = kernel_nworks(job) - 1 + caller_in_worker
+        wanted = kernel_nworks(job) - caller_works  # a worker is the caller when the thread is not
         if not wanted:
             return None
         with self._lock:
             self._check_open()
             if self._cap_to_cpus:  # with the caller, no more processes than CPUs
                 cpus = len(self.topology.node(node).cpus) if node is not None else self.topology.cpu_limit
-                wanted = min(wanted, cpus - (not caller_in_worker))
+                wanted = min(wanted, cpus - caller_works)
             idle = self._manager.idle(node)
             helpers = self._round_robin(idle, wanted) if job.numa_aware and node is None else idle[:wanted]
             if not helpers:
                 return None
             if chunk is None:
-                nworks = len(helpers) + (not caller_in_worker)
+                nworks = len(helpers) + caller_works
                 chunk = plan(job, nworks, load_balance_factor=self.load_balance_factor).chunk_size
             slot = self._slots[self._free_slots.pop()]
             generation = next(self._generations)
             running = RunningJob(
-                job, payload, helpers, slot, generation, span, chunk, not caller_in_worker, self.reply_timeout
+                job, payload, helpers, slot, generation, span, chunk, caller_works, self.reply_timeout
             )
             self._manager.lend(helpers, running)
             for index in [w.wid for w in helpers] + [slot.caller_index]:
@@ -359,10 +363,10 @@ class _Call:
     rounds of retry, the undo.  Loops of the caller's path, not callbacks into the pool."""
 
     def __init__(
-        self, engine: Padata, g: Gate, node: int | None, caller_in_worker: bool, future: JobFuture | None
+        self, engine: Padata, g: Gate, node: int | None, caller_works: bool, future: JobFuture | None
     ):
         self.engine, self.gate, self.node = engine, g, node
-        self.caller_in_worker, self.future = caller_in_worker, future
+        self.caller_works, self.future = caller_works, future
 
     def range(
         self, job: MtJob, payload: bytes, start: int, end: int, chunk: int | None, also_not_done: Ranges
@@ -377,7 +381,7 @@ class _Call:
                 f"the job was cancelled; ranges not done: {not_done}", not_done=not_done
             )
         with self.gate.raised():
-            running = self.engine._admit(job, payload, self.node, self.caller_in_worker, (start, end), chunk)
+            running = self.engine._admit(job, payload, self.node, self.caller_works, (start, end), chunk)
         if future is not None:
             future.track(running)
         try:

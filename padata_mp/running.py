@@ -1,21 +1,12 @@
-"""A running job: one object owns all a job is while it runs, as the kernel's padata_mt_job_state.
+"""A running job: one object owns all a job is while it runs, as the kernel's padata_mt_job_state
+(the data flow is pool.py's diagram).
 
-The coordinator's side of one job, from the moment its helpers are lent to it until each of them
-has replied or died::
-
-    caller ──► RunningJob ── cursor[slot] = (start, size, chunk_size, generation)
-                  │ RunJob, pickled once ──► each helper ── claim_chunks ──┐
-                  │ the caller works too ──► claim_chunks ────────────────┤ (claims recorded
-                  │                                                       ▼  before the cursor moves)
-                  ◄── deliver(helper, JobDone | None), from the manager thread, recorded here
-                  │ a death while holding a chunk stops the job at once
-                  │ what helpers that died holding nothing left unclaimed: the caller's side runs it
-                  └──► JobReport, or the PadataError naming the ranges not done (``failure``)
-
-A job is over only when every helper it was given has replied or is dead (or killed: from then on
-it runs nothing), so no helper of it can touch memory after the call returns, and a slot is reused
-only then.  The verdict is computed once, from the replies, the deaths, the claims and the cursor,
-and is the same for every order in which they came.
+It arms the slot's cursor, sends each helper the job, claims with them, and records what the
+manager thread delivers: each helper's reply or death (a death while holding a chunk stops the job
+at once).  A job is over only when every helper it was given has replied or is dead (or killed:
+from then on it runs nothing), so no helper of it can touch memory after the call returns, and a
+slot is reused only then.  The verdict is computed once, from the replies, the deaths, the claims
+and the cursor, and is the same for every order in which they came.
 """
 
 from __future__ import annotations
@@ -37,6 +28,7 @@ from .worker import ChunkFailure, ErrorReturn, JobDone, RunJob, Slot, check_resu
 CALLER = -1  # worker id of the job's caller in reports
 DRAIN_TIMEOUT_S = 1.0  # how long helpers get to finish their chunk after Ctrl-C
 CHECK_S = 0.5  # how often a waiting job looks for helpers that hold nothing and do not answer
+LOCK_STUCK_S = 1.0  # a cursor's lock taken this long after a helper died is the dead one's
 STOP_TIMEOUT_S = DRAIN_TIMEOUT_S + 10.0  # a stopped job's helpers drain, then are killed and reaped
 
 
@@ -169,6 +161,7 @@ class RunningJob:
         self.closed = False  # the engine closed under it
         self.cancelled = False  # its future's cancel()
         self._wake = queue.SimpleQueue[None]()
+        self._deaths_seen = 0  # deaths looked at for a lock left taken
 
     # -- the manager thread's part --------------------------------------------------------------
 
@@ -199,13 +192,17 @@ class RunningJob:
                 self._send()
             if self.caller_works:
                 self._claim(gate)
-            self._collect()
+            self._collect(gate)
             if c.generation == self.generation and c.size:
-                self._claim(gate)  # every helper replied or vanished holding nothing: ours to finish
+                # Every helper replied or vanished holding nothing: ours to finish, and nobody
+                # alive holds the lock now (one that died inside it did so holding no chunk).
+                with gate.raised():
+                    self._repair_lock()
+                self._claim(gate)
         except BaseException:
             with gate.raised():
                 stop(self.slot.cursor, self.generation)
-                self._collect(drain=DRAIN_TIMEOUT_S)
+                self._collect(gate, drain=DRAIN_TIMEOUT_S)
                 self._repair_lock()
             raise
         with gate.raised():
@@ -226,9 +223,8 @@ class RunningJob:
 
     def _claim(self, gate: Gate) -> None:
         job = self.job
-        done = claim_chunks(
-            self.slot, self.generation, self.slot.caller_index, job.thread_fn, job.fn_arg, gate
-        )
+        index, unstick = self.slot.caller_index, lambda: self._unstick(gate)
+        done = claim_chunks(self.slot, self.generation, index, job.thread_fn, job.fn_arg, gate, unstick)
         before = self.replies.get(CALLER)
         if before is not None:
             before.starts.extend(done.starts)
@@ -237,7 +233,7 @@ class RunningJob:
         if done.failure is not None and isinstance(done.failure.error, KeyboardInterrupt):
             raise done.failure.error  # Ctrl-C inside the caller's own thread_fn
 
-    def _collect(self, drain: float | None = None) -> None:
+    def _collect(self, gate: Gate, drain: float | None = None) -> None:
         """Wait until each helper has replied or died.  Unbounded while helpers work (a chunk
         takes as long as it takes), except that a helper holding nothing of a job with nothing left
         to claim gets ``reply_timeout`` s to answer; with ``drain``, everyone gets that long."""
@@ -255,6 +251,8 @@ class RunningJob:
             except queue.Empty:
                 if deadline is None:
                     self._kill_the_unresponsive(waiting, quiet_since)
+            if deadline is None:
+                self._unstick(gate)
 
     def _kill_the_unresponsive(self, waiting: list[Helper], quiet_since: dict[int, float]) -> None:
         # Read without the lock: a claimant records its chunk before it moves the cursor.
@@ -267,6 +265,19 @@ class RunningJob:
                 # Nothing left to claim and nothing held: killing it loses no work.
                 h.kill_unresponsive(self.reply_timeout, stacklevel=4)
                 self.dead[h.wid] = h
+
+    def _unstick(self, gate: Gate) -> bool:
+        """A helper died since the last look, holding no chunk (a death holding one stops the job):
+        if it died inside the cursor's lock, the live claimants would wait for it for ever.  A
+        claimant holds the lock for a few stores, so one not free within LOCK_STUCK_S is the
+        dead's, and is released on its behalf.  Never gives up a claim loop (returns False)."""
+        if len(self.dead) > self._deaths_seen:
+            self._deaths_seen = len(self.dead)
+            lock = self.slot.cursor.get_lock()
+            with gate.raised():
+                lock.acquire(True, LOCK_STUCK_S)
+                lock.release()  # ours, or the dead's
+        return False
 
     def _repair_lock(self) -> None:
         """Nobody alive claims from the slot now: if a claimant died holding its lock (a

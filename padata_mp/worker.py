@@ -21,6 +21,7 @@ import signal
 import time
 import traceback
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -185,7 +186,7 @@ def claim_chunks(
     thread_fn: Any,
     arg: Any,
     gate: Gate | None = None,
-    gone: Any = None,
+    between_waits: Callable[[], bool] | None = None,
 ) -> JobDone:
     """The kernel's padata_mt_helper(): claim the next chunk under the cursor's lock, run it, repeat,
     while the cursor still belongs to ``generation``.
@@ -194,7 +195,8 @@ def claim_chunks(
     a claimant killed at any instruction leaves its chunk either unclaimed or recorded.  While the
     lock is held the SIGINT ``gate`` is up, so Ctrl-C never leaves it taken.  The lock is waited
     for LOCK_WAIT_S at a time: between waits the loop gives up if the job was stopped (a dead
-    claimant may hold the lock) or ``gone()`` says the coordinator is.
+    claimant may hold the lock) or ``between_waits()`` says so (a worker's coordinator is gone; the
+    job's caller uses it to free a lock that a dead helper left taken).
     """
     # The engine's hot path, tuned for jobs of tiny chunks: locals bound once, the lock's C methods
     # called directly (a ``with`` block costs five times as much), job.next_chunk() inlined.
@@ -211,7 +213,7 @@ def claim_chunks(
             gate_up[0] = True
             if not acquire(True, LOCK_WAIT_S):
                 gate_up[0] = False
-                if c.generation != generation or (gone is not None and gone()):
+                if c.generation != generation or (between_waits is not None and between_waits()):
                     break
                 continue
             size = c.size
@@ -332,7 +334,7 @@ def _run_job(wid: int, slot: Slot, generation: int, payload: bytes, gone: Any) -
     except BaseException as exc:
         fail(slot.cursor, generation, wid)
         return JobDone(generation, array("q"), 0.0, ChunkFailure.caught(None, exc).portable())
-    done = claim_chunks(slot, generation, wid, thread_fn, arg, gone=gone)
+    done = claim_chunks(slot, generation, wid, thread_fn, arg, between_waits=gone)
     return done._replace(failure=done.failure.portable()) if done.failure else done
 
 
