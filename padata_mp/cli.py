@@ -319,6 +319,9 @@ def main(argv: list[str] | None = None, held: list[int] | None = None) -> int:
             if held:
                 raise KeyboardInterrupt
         argv = sys.argv[1:] if argv is None else argv
+        if not argv:  # alone: what it can do, rather than a usage error
+            parser.print_help()
+            return 0
         args = parser.parse_args(argv)
         args.argv = argv
         return COMMANDS[args.command](args)

@@ -24,6 +24,11 @@ def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return out
 
 
+def test_padata_mp_alone_prints_help():
+    out = cli()
+    assert out.returncode == 0 and "topology" in out.stdout and "bench" in out.stdout, out.stderr
+
+
 def test_topology():
     out = cli("topology")
     assert out.returncode == 0, out.stderr

@@ -134,13 +134,17 @@ def plot(result: Result, path: str) -> None:
         xs = [r.threads for r in rows]
         if all("plain" in r.ratios for r in rows):
             ratios = [r.ratios["plain"] for r in rows]
-            errors = [[r.value - r.ci95[0] for r in ratios], [r.ci95[1] - r.value for r in ratios]]
+            # Clipped at 0: with one run an interval is its point, give or take a rounding.
+            errors = [
+                [max(0.0, r.value - r.ci95[0]) for r in ratios],
+                [max(0.0, r.ci95[1] - r.value) for r in ratios],
+            ]
             ax1.errorbar(xs, [r.value for r in ratios], yerr=errors, fmt=style, capsize=3, label=name)
         gbps = [r.gbps for r in rows]
         # The GB/s interval from the time's: GB/s falls as time rises.
         errors = [
-            [g - g * r.time_ms / r.ci95_ms[1] for g, r in zip(gbps, rows, strict=True)],
-            [g * r.time_ms / r.ci95_ms[0] - g for g, r in zip(gbps, rows, strict=True)],
+            [max(0.0, g - g * r.time_ms / r.ci95_ms[1]) for g, r in zip(gbps, rows, strict=True)],
+            [max(0.0, g * r.time_ms / r.ci95_ms[0] - g) for g, r in zip(gbps, rows, strict=True)],
         ]
         ax2.errorbar(xs, gbps, yerr=errors, fmt=style, capsize=3, label=name)
     ax1.plot(threads, threads, "k:", linewidth=1, label="ideal")
