@@ -211,7 +211,7 @@ def claim_chunks(
     try:
         while True:
             gate_up[0] = True
-            if not acquire(True, LOCK_WAIT_S):
+            if not acquire(False) and not acquire(True, LOCK_WAIT_S):  # a try first: no clock read
                 gate_up[0] = False
                 if c.generation != generation or (between_waits is not None and between_waits()):
                     break
