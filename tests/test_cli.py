@@ -103,7 +103,6 @@ def test_nodes_auto_simulates_the_synthetic_topologys_nodes(nodes):
         ["compare", "a.json", "b.json", "--fail-above", "lots"],
         ["topology", "--workers", "-1"],
         ["frobnicate"],
-        [],
     ],
 )
 def test_bad_values_exit_2_with_one_line(args):
