@@ -99,6 +99,16 @@ class Helper:
         return f"signal {-code}" if code < 0 else f"exit code {code}"
 
 
+class _HandedOver:
+    """The owner of a worker on its way from one owner to the next: it hears nothing."""
+
+    def deliver(self, helper: Helper, message: object | None) -> None:
+        pass
+
+
+_HANDED_OVER = _HandedOver()
+
+
 class Manager:
     """The pool's workers.  ``nodes[i]`` is worker i's node; ``worker_args`` follow (wid, cpus,
     conn) in worker_main's arguments; ``reply_timeout`` bounds the unmapping of a block unlinked
@@ -155,9 +165,9 @@ class Manager:
         """Helpers an owner is done with: idle again, after unmapping blocks unlinked meanwhile; the
         dead and the killed are replaced when their death is seen."""
         with self.lock:
-            for w in helpers:
-                w.owner, w.deadline = None, None
             detaching = [w for w in helpers if w.pending_detach and w.state == READY and not w.doomed]
+            for w in helpers:  # those detaching stay lent until their exchange takes them
+                w.owner, w.deadline = _HANDED_OVER if w in detaching else None, None
             lost = any(w.state == DEAD or w.doomed for w in helpers)
         for w in detaching:
             Exchange(self, Detach(w.pending_detach.pop(0)), self.reply_timeout, helpers=[w])
@@ -402,9 +412,13 @@ class Exchange:
                     if w.owner is not None and w.state == READY:
                         w.pending_detach.append(busy_too)
             manager.lend(helpers, self, timeout)
+            # Died while handed over: its death went to no owner, so it is told here.
+            buried = [w for w in helpers if w.state == DEAD]
         self._waiting = {w.wid for w in helpers}
+        for w in buried:
+            self.deliver(w, None)
         for w in helpers:
-            if not w.send(message):
+            if w not in buried and not w.send(message):
                 w.kill()  # gone already: its death is its answer
         manager.wake()
 
