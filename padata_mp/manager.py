@@ -137,7 +137,10 @@ class Manager:
         self._thread = threading.Thread(target=self._run, name="padata-manager", daemon=True)
         try:
             for wid, node in enumerate(nodes):
-                self.workers.append(self._spawn(wid, node))
+                # Ctrl-C waits while a process starts: one that exists but is not listed would
+                # live on, out of the closing's reach.
+                with deferred_interrupts():
+                    self.workers.append(self._spawn(wid, node))
             self._thread.start()
             self._await_starts()
         except BaseException:
@@ -325,10 +328,13 @@ class Manager:
         ours, theirs = self._ctx.Pipe()
         args = (wid, self._topology.node(node).cpus, theirs, *self._args)
         process = self._ctx.Process(target=worker_main, args=args, name=f"padata-{wid}", daemon=True)
-        # Ctrl-C waits while a process starts: one that exists but is not listed would live on.
-        with deferred_interrupts():
+        try:
             process.start()
-        theirs.close()
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
         return Helper(wid, node, process, ours)
 
     def _await_starts(self) -> None:

@@ -288,7 +288,10 @@ def worker_main(
     def gone() -> bool:
         return os.getpid() != me or not _alive(coordinator)
 
-    conn.send(Ready(me))
+    try:
+        conn.send(Ready(me))
+    except OSError:  # the coordinator gave up on this start (Ctrl-C, or its own end)
+        return
     while True:
         try:
             if not conn.poll(PARENT_CHECK_S):
