@@ -213,11 +213,11 @@ class Manager:
             if None in ready:  # the wake pipe: something was given back, or the end is near
                 os.read(self._wake_r, 4096)
                 self._changed = True
-            if not ready or time.monotonic() - looked > TICK_S:
+            tick = not ready or time.monotonic() - looked > TICK_S
+            if tick:
                 looked = time.monotonic()
                 self._enforce_deadlines()
-                self._changed = True
-            if self._changed and not self._closing:
+            if (tick or self._changed) and not self._closing:  # a failed start is tried again
                 self._replace_the_dead()
 
     def _receive(self, w: Helper) -> None:

@@ -25,7 +25,6 @@ nothing of it runs after the call.
 from __future__ import annotations
 
 import atexit
-import concurrent.futures
 import ctypes
 import itertools
 import math
@@ -56,12 +55,12 @@ from .ranges import Ranges, merge_ranges, subtract_ranges
 from .running import (
     CALLER,
     DRAIN_TIMEOUT_S,
-    STOP_TIMEOUT_S,
     JobCancelledError,
     JobFuture,
     JobReport,
     RunningJob,
     call_in_caller,
+    stop_all,
 )
 from .topology import Topology, pin_thread, read_topology
 from .worker import Attach, Attached, Claims, Cursor, Detach, Slot
@@ -191,8 +190,7 @@ class Padata:
                 thread.start()
         except KeyboardInterrupt:
             if thread.is_alive() or future.done():
-                future.cancel()
-                concurrent.futures.wait([future], STOP_TIMEOUT_S)
+                stop_all([future])
             raise
         return future
 

@@ -15,6 +15,7 @@ import pickle
 import queue
 import threading
 import time
+from collections.abc import Iterable
 from concurrent.futures import CancelledError, Future, wait
 from dataclasses import dataclass, field
 
@@ -114,8 +115,7 @@ class JobFuture(Future):
                 return super().result(timeout)
             except KeyboardInterrupt:
                 with g.raised():
-                    self.cancel()
-                    wait([self], STOP_TIMEOUT_S)
+                    stop_all([self])
                 raise
 
     @property
@@ -131,6 +131,15 @@ class JobFuture(Future):
             stopping = self._stopping
         if running is not None and stopping:
             running.cancel()
+
+
+def stop_all(futures: Iterable[JobFuture]) -> None:
+    """Cancel each job and wait until each has stopped (its helpers finish their chunk in
+    DRAIN_TIMEOUT_S, or are killed), STOP_TIMEOUT_S at most, so nothing of them runs on."""
+    futures = list(futures)
+    for future in futures:
+        future.cancel()
+    wait(futures, STOP_TIMEOUT_S)
 
 
 class RunningJob:

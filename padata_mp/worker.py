@@ -60,11 +60,13 @@ class Claims:
         return 2 * index, 2 * index + 1
 
     def chunk(self, index: int) -> tuple[int, int] | None:
-        start, end = self.array[2 * index], self.array[2 * index + 1]
+        first, last = self.where(index)
+        start, end = self.array[first], self.array[last]
         return (start, end) if end > start else None
 
     def clear(self, index: int) -> None:
-        self.array[2 * index + 1] = self.array[2 * index]
+        first, last = self.where(index)
+        self.array[last] = self.array[first]
 
 
 @dataclass(frozen=True)

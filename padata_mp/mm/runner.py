@@ -3,13 +3,12 @@ deferred init: what deferred init, the other kernel jobs and the benchmark share
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import logging
 import os
 import queue
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -18,7 +17,7 @@ from ..interrupts import gate
 from ..job import MtJob
 from ..pool import JobReport, Padata, default_engine
 from ..ranges import Ranges
-from ..running import STOP_TIMEOUT_S, JobFuture, Progress
+from ..running import JobFuture, Progress, stop_all
 
 log = logging.getLogger("padata_mp.mm")
 PROGRESS_S = 0.25
@@ -121,7 +120,7 @@ def run_work(
                     on_progress(_fraction([f.progress() for f in futures.values()]))
         except BaseException:
             with g.raised():
-                _stop_all(futures.values())
+                stop_all(futures.values())
             raise
     if on_progress is not None:
         on_progress(1.0)
@@ -137,15 +136,6 @@ def run_work(
         run.node_ms[node] = (report.elapsed_s + time.perf_counter() - began_end) * 1e3
     run.elapsed_ms = (time.perf_counter() - began) * 1e3
     return run
-
-
-def _stop_all(futures: Iterable[JobFuture]) -> None:
-    """Cancel every job and wait until each has stopped (its helpers finish their chunk in
-    DRAIN_TIMEOUT_S, or are killed), so nothing of any node runs on after an error."""
-    futures = list(futures)
-    for future in futures:
-        future.cancel()
-    concurrent.futures.wait(futures, timeout=STOP_TIMEOUT_S)
 
 
 def _caller_here(engine: Padata, jobs: dict[int, MtJob], host: dict[int, int | None]) -> int | None:
