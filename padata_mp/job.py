@@ -25,6 +25,8 @@ LOAD_BALANCE_FACTOR = 4
 MAX_INDEX = 2**63 - 1
 
 # Returns None (or 0) on success, or a non-zero error code: the 2022 RFC's error return.
+_NO_SIZE: Any = object()
+
 ThreadFn = Callable[[int, int, Any], "int | None"]
 UndoFn = Callable[[int, int, Any], None]
 
@@ -36,6 +38,8 @@ class MtJob:
     ``thread_fn`` must handle whatever range it is given, of any length: the kernel promises chunk
     boundaries on ``align`` (except at the job's two ends), never one call per ``min_chunk``, never an
     order, and never a minimum number of processes.  ``max_threads`` is an upper bound only.
+    ``max_threads`` left at None is the kernel's choice for deferred init: the engine makes it the
+    number of CPUs it has on the job's node (or in all, for a job given no node).
     ``numa_aware`` spreads helpers round-robin over the nodes that have CPUs.  ``retry=True`` says
     thread_fn may be called again on a range whose first call may have been cut short (it is
     idempotent), so a helper's death costs time, not the job.
@@ -53,10 +57,10 @@ class MtJob:
     thread_fn: ThreadFn
     fn_arg: Any = None
     start: int = 0
-    size: int = 0
+    size: int = _NO_SIZE  # required: a job that forgot its size would silently do nothing
     align: int = 1
     min_chunk: int = 1
-    max_threads: int = 1
+    max_threads: int | None = None
     numa_aware: bool = False
     retry: bool = False
     undo_fn: UndoFn | None = None
@@ -66,7 +70,11 @@ class MtJob:
             raise BadTypeError(f"thread_fn must be callable, got {type(self.thread_fn).__name__}")
         if self.undo_fn is not None and not callable(self.undo_fn):
             raise BadTypeError(f"undo_fn must be callable or None, got {type(self.undo_fn).__name__}")
+        if self.size is _NO_SIZE:
+            raise BadTypeError("MtJob needs size=: how many indices, from start, thread_fn covers")
         least = {"start": 0, "size": 0, "align": 1, "min_chunk": 0, "max_threads": 1}
+        if self.max_threads is None:
+            del least["max_threads"]
         for name, minimum in least.items():  # numpy integers become ints: the cursor is a C int64
             object.__setattr__(self, name, integer(name, getattr(self, name), minimum, MAX_INDEX))
         for name in ("numa_aware", "retry"):
@@ -94,10 +102,11 @@ class Plan:
 
 
 def kernel_nworks(job: MtJob) -> int:
-    """The number of processes the kernel would like for ``job``, before asking for helpers."""
+    """The number of processes the kernel would like for ``job``, before asking for helpers
+    (``max_threads=None`` sets no bound here: the engine has made it a number before it asks)."""
     # max(min_chunk, align): the 2023 fix, so a large align does not ask for too many threads.
     nworks = max(job.size // max(job.min_chunk, job.align), 1)
-    return min(nworks, job.max_threads)
+    return nworks if job.max_threads is None else min(nworks, job.max_threads)
 
 
 def plan(job: MtJob, workers: int | None = None, *, load_balance_factor: int = LOAD_BALANCE_FACTOR) -> Plan:

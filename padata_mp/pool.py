@@ -37,6 +37,7 @@ import threading
 import time
 import warnings
 import weakref
+from dataclasses import replace
 from typing import Any
 
 from . import shm
@@ -245,6 +246,8 @@ class Padata:
         _check_job(job)
         if node is not None:
             node = self._check_node(node)
+        if job.max_threads is None:
+            job = replace(job, max_threads=self._cpus(node))
         payload = pickled_call(job)  # once for the whole call: every round and helper shares it
         self._check_open()
         began = time.perf_counter()
@@ -280,8 +283,7 @@ class Padata:
         with self._lock:
             self._check_open()
             if self._cap_to_cpus:  # with the caller, no more processes than CPUs
-                cpus = len(self.topology.node(node).cpus) if node is not None else self.topology.cpu_limit
-                wanted = min(wanted, cpus - caller_works)
+                wanted = min(wanted, self._cpus(node) - caller_works)
             idle = self._manager.idle(node)
             helpers = self._round_robin(idle, wanted) if job.numa_aware and node is None else idle[:wanted]
             if not helpers:
@@ -343,6 +345,10 @@ class Padata:
                 self._jobs_done.wait(max(0.0, deadline - time.monotonic()))
         self._finalizer.detach()
         _abandoned(self._manager, self._remove_hook, max(0.0, deadline - time.monotonic()), warn=False)
+
+    def _cpus(self, node: int | None) -> int:
+        """The CPUs this engine has on ``node``, or in all."""
+        return len(self.topology.node(node).cpus) if node is not None else self.topology.cpu_limit
 
     def _check_node(self, node: int) -> int:
         ids = [n.id for n in self.topology.nodes_with_cpus]

@@ -11,14 +11,17 @@ and the cursor, and is the same for every order in which they came.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import queue
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError, Future, wait
 from dataclasses import dataclass, field
+from typing import Any
 
+from .checks import seconds
 from .errors import EngineClosedError, JobFailedError, PadataError, WorkerDiedError
 from .interrupts import Gate, gate
 from .job import MtJob
@@ -26,6 +29,7 @@ from .manager import Helper
 from .ranges import Ranges, merge_ranges
 from .worker import ChunkFailure, ErrorReturn, JobDone, RunJob, Slot, check_result, claim_chunks, stop
 
+LOGGER = logging.getLogger(__name__)
 CALLER = -1  # worker id of the job's caller in reports
 DRAIN_TIMEOUT_S = 1.0  # how long helpers get to finish their chunk after Ctrl-C
 CHECK_S = 0.5  # how often a waiting job looks for helpers that hold nothing and do not answer
@@ -85,6 +89,56 @@ class JobFuture(Future):
         self._finished = 0  # indices of ranges already run
         self._running: RunningJob | None = None
         self._stopping = False
+
+    def watch(self, interval: float = 0.1) -> Iterator[Progress]:
+        """``progress()`` every ``interval`` seconds until the job ends, then once more (the last
+        is final: ``done`` is ``size`` if the job succeeded).  No busy loop: it sleeps between.
+        Ctrl-C while it waits stops the job, as ``result()`` does; leaving the loop does not."""
+        interval = seconds("interval", interval)
+        ended = threading.Event()
+        self.add_done_callback(lambda _: ended.set())
+        while True:
+            with gate() as g:
+                try:
+                    finished = ended.wait(interval)
+                except KeyboardInterrupt:
+                    with g.raised():
+                        stop_all([self])
+                    raise
+            yield self.progress()
+            if finished:
+                return
+
+    def on_progress(self, fn: Callable[[Progress], object], interval: float = 0.1) -> None:
+        """Call ``fn(progress)`` from a thread of this process every ``interval`` seconds while the
+        job runs, and once when it has ended.  An exception in ``fn`` is logged and ends its calls,
+        as concurrent.futures does with done callbacks."""
+        self._report(fn, seconds("interval", interval), lambda: None)
+
+    def progress_bar(self, interval: float = 0.1, **tqdm_options: Any) -> None:
+        """Show the job's progress as a tqdm bar (``tqdm.auto``: a widget in a notebook), counting
+        indices done, closed when the job ends; ``tqdm_options`` go to tqdm.  Needs tqdm (``pip
+        install tqdm``, or the ``progress`` extra); without it ImportError says so."""
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            raise ImportError(
+                "progress_bar needs tqdm: pip install tqdm (or 'padata_mp[progress]')"
+            ) from None
+        bar = tqdm(**{"total": self.size, "unit": "index", "unit_scale": True, **tqdm_options})
+        self._report(lambda progress: bar.update(progress.done - bar.n), interval, bar.close)
+
+    def _report(self, fn: Callable[[Progress], object], interval: float, end: Callable[[], object]) -> None:
+        def report() -> None:
+            try:
+                for progress in self.watch(interval):
+                    fn(progress)
+            except Exception:
+                LOGGER.exception("progress callback %r raised; it is not called again", fn)
+            finally:
+                end()
+
+        threading.Thread(target=report, name="padata-progress", daemon=True).start()
 
     def progress(self) -> Progress:
         """Claimed and done so far (re-runs after a helper died count again, capped at size)."""

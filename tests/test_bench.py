@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from padata_mp import BadValueError
+from padata_mp import cli as command_line
 from padata_mp.bench import compare, results
 from padata_mp.bench.results import Result, Row
 from padata_mp.bench.stats import median_ci95, ratio
@@ -108,10 +109,12 @@ def test_json_keeps_every_run_and_refuses_other_schemas(tmp_path):
     assert data["rows"][0]["times_ms"] == steady(100) and data["peers"][0]["name"] == "joblib"
     again = Result.from_json(data)
     assert [r.key for r in again.all_rows()] == [r.key for r in result.all_rows()]
-    with pytest.raises(BadValueError, match=r"schema padata_mp\.bench/2 \(found none\)"):
+    with pytest.raises(BadValueError, match=r"schema padata_mp\.bench/2 \(found 'none'\)"):
         Result.from_json({"rows": []})
     del data["rows"][0]["times_ms"]
-    with pytest.raises(BadValueError, match=r"not a whole padata_mp\.bench/2 result: KeyError"):
+    with pytest.raises(
+        BadValueError, match=r"not a valid padata_mp\.bench/2 result: rows\[0\]\.times_ms must be a list"
+    ):
         Result.from_json(data)
     path = tmp_path / "b.json"
     path.write_text("{not json")
@@ -129,16 +132,74 @@ def test_compare_flags_only_significant_slowdowns_past_the_threshold():
             Row("padata_mp", "padata_mp", "numpy", 1, steady(60)),
         ]
     )
-    changes = {c.name: c for c in compare.compare(a, b)}
-    assert not changes["(0) (numpy)"].ratio.significant
+    comparison = compare.compare(a, b)
+    changes = {c.name: c for c in comparison.changes}
+    assert changes["(0) (numpy)"].verdict == "same"
     slower = changes["padata_mp (numpy) (1)"]
-    assert slower.ratio.value == pytest.approx(1.2) and slower.ratio.significant
+    assert slower.ratio.value == pytest.approx(1.2) and slower.verdict == "slower"
     assert slower.regressed(10) and not slower.regressed(25)
-    assert "slower (past 10%)" in compare.report(list(changes.values()), 10)
+    assert comparison.regressions(10) == [slower]
+    assert "slower (past 10%)" in compare.report(comparison, 10)
     other = result_of([Row("plain", "(0)", "numpy", 0, steady(100))])
     other.pages = 7
     with pytest.raises(BadValueError, match="different work: pages"):
         compare.compare(a, other)
+
+
+def test_compare_judges_no_row_the_runs_cannot_bear():
+    rng = np.random.default_rng(7)
+    wild = list(50 * (1 + rng.uniform(-0.3, 0.3, 9)))
+    a = result_of(
+        [
+            Row("padata_mp", "padata_mp", "numpy", 1, steady(50, 3)),
+            Row("padata_mp", "padata_mp", "numpy", 2, wild),
+            Row("native", results.NATIVE, "c", 2, steady(20)),
+            Row("peer", "Pool.map", "numpy", 2, steady(30)),
+        ]
+    )
+    b = result_of(
+        [
+            Row("padata_mp", "padata_mp", "numpy", 1, steady(80, 3)),
+            Row("padata_mp", "padata_mp", "numpy", 2, [t * 1.5 for t in wild]),
+            Row("native", results.NATIVE, "c", 2, steady(30)),
+            Row("peer", "joblib", "numpy", 2, steady(30)),
+        ]
+    )
+    comparison = compare.compare(a, b)
+    verdicts = {c.name: c.verdict for c in comparison.changes}
+    assert verdicts["padata_mp (numpy) (1)"].startswith("too few runs (3")
+    assert verdicts["padata_mp (numpy) (2)"].startswith("noisy (spread")
+    assert verdicts[f"{results.NATIVE} (2)"] == "slower"
+    assert comparison.regressions(5) == []  # the reference's slowdown is not the engine's
+    assert [c.name for c in comparison.regressions(5, ("native",))] == [f"{results.NATIVE} (2)"]
+    assert comparison.only_in_a == ["Pool.map (2)"] and comparison.only_in_b == ["joblib (2)"]
+    text = compare.report(comparison, 5)
+    assert "only in A (not compared): Pool.map (2)" in text and "only in B (not compared): joblib (2)" in text
+    assert "A warned: spread over 10%" in text  # each file's own warnings travel with it
+    with pytest.raises(BadValueError, match=r"share no configuration: A has Pool\.map"):
+        compare.compare(result_of([Row("peer", "Pool.map", "numpy", 2, steady(30))]), b)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_compare_passes_the_same_code_and_catches_a_20_percent_slowdown(seed):
+    """Runs of a quiet machine (1.5% noise): the same distribution passes a 5% gate, 1.2x the time
+    fails it, and only the engine's rows are gated."""
+    rng = np.random.default_rng(seed)
+
+    def runs(ms: float) -> list[float]:
+        return list(ms * (1 + rng.normal(0, 0.015, 5)))
+
+    a = result_of(
+        [Row("padata_mp", "padata_mp", "c", 2, runs(50)), Row("native", results.NATIVE, "c", 2, runs(48))]
+    )
+    same = result_of(
+        [Row("padata_mp", "padata_mp", "c", 2, runs(50)), Row("native", results.NATIVE, "c", 2, runs(55))]
+    )
+    slower = result_of(
+        [Row("padata_mp", "padata_mp", "c", 2, runs(60)), Row("native", results.NATIVE, "c", 2, runs(48))]
+    )
+    assert compare.compare(a, same).regressions(5) == []
+    assert [c.kind for c in compare.compare(a, slower).regressions(5)] == ["padata_mp"]
 
 
 def test_compare_on_the_command_line(tmp_path):
@@ -166,6 +227,89 @@ def test_compare_on_the_command_line(tmp_path):
     )
     old = run(str(tmp_path / "v1.json"), str(tmp_path / "a.json"))
     assert old.returncode == 2 and old.stderr.count("\n") == 1 and "schema" in old.stderr
+    native = run(str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--fail-above", "5", "--rows", "native")
+    assert native.returncode == 0  # no native row in either file was slower
+    bad = run(str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--rows", "engine")
+    assert bad.returncode == 2 and "expected 'all' or a list of plain" in bad.stderr
+
+
+def good_result() -> dict:
+    rows = [
+        Row("plain", "(0)", "numpy", 0, steady(100)),
+        Row("padata_mp", "padata_mp", "numpy", 1, steady(50)),
+    ]
+    return json.loads(json.dumps(result_of(rows).to_json()))
+
+
+def broken(change) -> dict:
+    data = good_result()
+    change(data)
+    return data
+
+
+MALFORMED = {
+    "times empty": broken(lambda d: d["rows"][0].update(times_ms=[])),
+    "times strings": broken(lambda d: d["rows"][0].update(times_ms=["1", "2"])),
+    "times null": broken(lambda d: d["rows"][0].update(times_ms=None)),
+    "a time null": broken(lambda d: d["rows"][0].update(times_ms=[1.0, None])),
+    "a time zero": broken(lambda d: d["rows"][0].update(times_ms=[0.0, 1.0])),
+    "a time negative": broken(lambda d: d["rows"][0].update(times_ms=[-1.0, 1.0])),
+    "a time bool": broken(lambda d: d["rows"][0].update(times_ms=[True])),
+    "a time nan": broken(lambda d: d["rows"][0].update(times_ms=[float("nan")])),
+    "a time inf": broken(lambda d: d["rows"][0].update(times_ms=[float("inf")])),
+    "threads unhashable": broken(lambda d: d["rows"][0].update(threads=[1])),
+    "threads negative": broken(lambda d: d["rows"][0].update(threads=-1)),
+    "threads bool": broken(lambda d: d["rows"][0].update(threads=True)),
+    "kind unknown": broken(lambda d: d["rows"][0].update(kind="gpu")),
+    "name missing": broken(lambda d: d["rows"][0].pop("name")),
+    "a row not an object": broken(lambda d: d["rows"].append(3)),
+    "rows an object": broken(lambda d: d.update(rows={"a": 1})),
+    "a row twice": broken(lambda d: d["rows"].append(d["rows"][0])),
+    "config without job": broken(lambda d: d["config"].pop("job")),
+    "config a list": broken(lambda d: d.update(config=[])),
+    "machine a list": broken(lambda d: d.update(machine=[])),
+    "git_commit an int": broken(lambda d: d["machine"].update(git_commit=5)),
+    "pages a string": broken(lambda d: d.update(pages="many")),
+    "warnings a string": broken(lambda d: d.update(warnings="noisy")),
+    "skipped missing": broken(lambda d: d.pop("skipped")),
+    "argv of ints": broken(lambda d: d.update(argv=[1, 2])),
+    "created an int": broken(lambda d: d.update(created=2026)),
+    "a list": [1, 2, 3],
+    "a string": "padata",
+}
+
+
+@pytest.mark.parametrize("name", MALFORMED)
+def test_a_malformed_result_is_one_line_and_exit_2(tmp_path, capsys, name):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(MALFORMED[name]))
+    (tmp_path / "good.json").write_text(json.dumps(good_result()))
+    assert command_line.main(["compare", str(path), str(tmp_path / "good.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bad.json" in err, err
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"[" * 100_000 + b"]" * 100_000, b"\xff\xfe not text", b"", b'{"schema": "padata_mp.bench/2"'],
+    ids=["deep nesting", "not utf-8", "empty", "cut short"],
+)
+def test_a_file_that_is_not_a_result_is_one_line_and_exit_2(tmp_path, capsys, content):
+    path = tmp_path / "bad.json"
+    path.write_bytes(content)
+    assert command_line.main(["compare", str(path), str(path)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_compare_reads_a_bounded_amount(tmp_path, capsys):
+    """/dev/zero, or a row of more runs than any bench makes, is refused without being read whole."""
+    assert command_line.main(["compare", "/dev/zero", "/dev/zero"]) == 2
+    assert "over 16 MiB" in capsys.readouterr().err
+    data = good_result()
+    data["rows"][0]["times_ms"] = [1.0] * (results.MAX_RUNS + 1)
+    (tmp_path / "many.json").write_text(json.dumps(data))
+    assert command_line.main(["compare", str(tmp_path / "many.json"), str(tmp_path / "many.json")]) == 2
+    assert "1 to 10000 times" in capsys.readouterr().err
 
 
 @needs_c

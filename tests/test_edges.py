@@ -170,9 +170,10 @@ def test_every_readme_example_runs_as_its_own_file_and_typed_into_python_c(tmp_p
     with subprocess.Popen(
         command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as proc:
-        _, err = proc.communicate(timeout=300)
+        out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert err == "", err
+    assert len(out.splitlines()) < 20, out  # an example prints a few lines, never a flood
     assert shm.left(proc.pid) == set()
 
 

@@ -89,6 +89,15 @@ def test_default_engine_caps_processes_at_the_cpu_count():
         assert len(e.workers) == topology.default_workers()
 
 
+def test_max_threads_left_unset_is_the_cpus_the_engine_has():
+    topology = read_topology()
+    with Padata(4) as e, SharedArray.create(N, np.int64) as block:
+        until(lambda: len(e.workers) == 4)
+        assert e.do_multithreaded(MtJob(fns.count, block, 0, N)).nworks == min(topology.cpu_limit, 5)
+        assert e.do_multithreaded(MtJob(fns.count, block, 0, N, max_threads=1)).nworks == 1
+        assert (block.array == 2).all()
+
+
 def test_module_level_do_multithreaded(counts):
     report = do_multithreaded(MtJob(fns.count, counts, 0, N, align=512, max_threads=2))
     assert (counts.array == 1).all()

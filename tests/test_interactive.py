@@ -2,6 +2,7 @@
 with no file), lambdas, closures and nested functions run on the engine; what cannot travel is
 refused by name; a submitted job says how far it has got."""
 
+import io
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,7 @@ import pytest
 
 from padata_mp import BadTypeError, MtJob, SharedArray
 from tests import fns
+from tests.conftest import until
 
 N = 1 << 20
 
@@ -114,3 +116,58 @@ def test_progress_of_a_submitted_job_rises_to_the_whole_range(engine, counts):
     assert all(p.done <= p.claimed <= p.size == N for p in seen)
     assert seen[-1].done == N and seen[-1].fraction == 1.0
     assert any(0 < d < N for d in done)  # seen while it ran, not only at the ends
+
+
+def test_watch_sleeps_between_reports_and_ends_with_the_final_one(engine, counts):
+    job = MtJob(fns.count_slowly, (counts, 0.02), 0, N, align=4096, min_chunk=4096, max_threads=2)
+    future = engine.submit(job)
+    began = time.monotonic()
+    seen = list(future.watch(interval=0.05))
+    elapsed = time.monotonic() - began
+    assert future.done() and seen[-1].done == N
+    assert len(seen) <= elapsed / 0.05 + 2  # one report an interval, not a busy loop
+    assert [p.done for p in seen] == sorted(p.done for p in seen)
+
+
+def test_on_progress_calls_back_until_the_end_and_a_raising_callback_is_logged(engine, counts, caplog):
+    job = MtJob(fns.count_slowly, (counts, 0.02), 0, N, align=4096, min_chunk=4096, max_threads=2)
+    future = engine.submit(job)
+    seen, calls_of_bad = [], []
+
+    def bad(progress):
+        calls_of_bad.append(progress)
+        raise RuntimeError("a bug in the callback")
+
+    future.on_progress(seen.append, interval=0.02)
+    future.on_progress(bad, interval=0.02)
+    future.result()
+    until(lambda: seen and seen[-1].done == N)
+    until(lambda: "a bug in the callback" in caplog.text)
+    assert len(calls_of_bad) == 1  # not called again after raising
+    assert (counts.array == 1).all()
+
+
+def test_progress_bar_counts_to_the_size_and_closes(engine, counts):
+    pytest.importorskip("tqdm")
+    out = io.StringIO()
+    future = engine.submit(MtJob(fns.count_slowly, (counts, 0.01), 0, N, align=4096, max_threads=2))
+    future.progress_bar(file=out, interval=0.02, ascii=True)
+    future.result()
+    until(lambda: "100%" in out.getvalue())
+
+
+def test_progress_bar_without_tqdm_says_how_to_get_it(engine, counts, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    future = engine.submit(MtJob(fns.count, counts, 0, N))
+    with pytest.raises(ImportError, match="pip install tqdm"):
+        future.progress_bar()
+    future.result()
+
+
+def test_progress_intervals_must_be_positive(engine, counts):
+    future = engine.submit(MtJob(fns.count, counts, 0, N))
+    with pytest.raises(ValueError, match="interval must be a number of seconds > 0"):
+        future.on_progress(print, interval=0)
+    with pytest.raises(ValueError, match="interval"):
+        next(future.watch(interval=-1))
+    future.result()

@@ -15,7 +15,7 @@ small = st.integers(min_value=1, max_value=5000)
 
 
 def job(**kw) -> MtJob:
-    return MtJob(fns.nothing, **kw)
+    return MtJob(fns.nothing, **{"size": 10, **kw})
 
 
 @given(
@@ -109,7 +109,15 @@ def test_bad_values_are_refused(kw, message):
 def test_bad_types_are_refused():
     with pytest.raises(TypeError, match="callable"):
         MtJob(42)
+    with pytest.raises(TypeError, match="needs size="):
+        MtJob(fns.nothing, None)
     with pytest.raises(TypeError, match="size must be an int"):
         job(size=1.5)
     with pytest.raises(ValueError, match="workers must be >= 1"):
         plan(job(size=10), workers=0)
+
+
+def test_max_threads_left_unset_is_bounded_only_by_the_workers():
+    j = job(size=1000)
+    assert j.max_threads is None
+    assert plan(j, workers=3).nworks == 3

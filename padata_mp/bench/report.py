@@ -1,8 +1,8 @@
 """A result as people and programs read it: the kernel series' table, CSV of every row, the plot.
 
 "speedup" means one thing everywhere, the kernel series' meaning: the percentage of the (0) row's
-time saved.  "ratio" is a time over another (``Nx``): the (0) row's over this row's in the main
-table; a star marks a ratio whose 95% interval excludes 1.
+time saved.  Every ratio (``Nx``) is a time over another, turned so that above 1 means the
+padata_mp row is the faster; a star marks a ratio whose 95% interval excludes 1.
 """
 
 from __future__ import annotations
@@ -36,9 +36,17 @@ def _interval(row: Row) -> str:
     return f"{row.time_ms:8.1f} [{lo:7.1f}, {hi:7.1f}]"
 
 
-def _ratio(row: Row, against: str) -> str:
+def _ratio(row: Row, against: str, inverse: bool = False) -> str:
     r = row.ratios.get(against)
-    return r.mark() if r else ""
+    if r is None:
+        return ""
+    return (r.inverse() if inverse else r).mark()
+
+
+def interval_name(result: Result) -> str:
+    """What the rows' intervals are: 95% intervals from 6 runs on, [min, max] below."""
+    runs = min((len(r.times_ms) for r in result.all_rows()), default=0)
+    return "95% interval" if runs >= 6 else "min, max"
 
 
 def table(result: Result) -> str:
@@ -46,15 +54,16 @@ def table(result: Result) -> str:
     host_nodes = [n for n in m["nodes"] if n["cpus"]]
     cpus = min(len(n["cpus"]) for n in host_nodes)
     per_node = ", ".join(f"{b / 2**30:.1f}" for b in m["mem_per_node_bytes"])
+    times = f"time_ms [{interval_name(result)}]"
     lines = [
         f"{m['cpu_model']}, {len(host_nodes)} node(s) x {cpus} CPU(s) ({m['topology']})",
         f"job: {JOBS[config['job']].description}; simulated: {config['nodes']} node(s), GiB per node "
         f"{per_node}; {m['memmap_bytes'] / 2**30:.2f} GiB written to; {result.pages} pages",
         f"phases: create {phases['create']:.2f} s, attach {phases['attach']:.2f} s, "
         f"verify {phases.get('verify', 0):.2f} s; engine round trip {result.round_trip_ms:.2f} ms; "
-        f"the job below: median of {config['repeat']} [95% interval]",
+        f"the job below: median of {config['repeat']} [{interval_name(result)}]",
         "",
-        "  node% (thr) | kernel | speedup  ratio  | time_ms [95% interval]     | Mpages/s |  GB/s "
+        f"  node% (thr) | kernel | speedup  ratio  | {times:26} | Mpages/s |  GB/s "
         "| % of ceiling | of native",
         "  ----------- | ------ | --------------- | -------------------------- | -------- | ----- "
         "| ------------ | ---------",
@@ -75,19 +84,21 @@ def table(result: Result) -> str:
     if others:
         lines += [
             "",
-            "  other (thr)                 | kernel | time_ms [95% interval]     | Mpages/s "
-            "| padata_mp / this",
+            f"  other (thr)                 | kernel | {times:26} | Mpages/s | padata_mp vs this",
         ]
         for o in others:
             lines.append(
                 f"  {o.name + f' ({o.threads})':27} | {o.kernel:6} | {_interval(o)} | "
-                f"{o.pages_per_s / 1e6:8.1f} | {_ratio(o, 'padata_mp')}"
+                f"{o.pages_per_s / 1e6:8.1f} | {_ratio(o, 'padata_mp', inverse=True)}"
             )
     lines += [
         "",
-        "  speedup: % of the (0) row's time saved; ratio: the (0) row's time over this; of native: the",
-        "  native reference's time over this; padata_mp / this: the engine's time (same kernel and",
-        "  threads) over this; * where the ratio's 95% interval excludes 1.",
+        "  (0): the job's plain loop, one process and no engine: the kernel series' baseline row.",
+        "  speedup: % of the (0) row's time saved.  Every ratio is above 1 where padata_mp is the",
+        "  faster: ratio = (0)'s time / this; of native = the native reference's time / this (same",
+        "  threads); padata_mp vs this = this row's time / the engine's (same kernel and threads);",
+        "  * where the ratio's 95% interval excludes 1.  % of ceiling: GB/s over the best store",
+        "  ceiling (plain or non-temporal) of as many processes, the (0) row's of one.",
     ]
     for note, items in (("skipped", result.skipped), ("warnings", result.warnings)):
         if items:
@@ -148,14 +159,23 @@ def plot(result: Result, path: str) -> None:
         ]
         ax2.errorbar(xs, gbps, yerr=errors, fmt=style, capsize=3, label=name)
     ax1.plot(threads, threads, "k:", linewidth=1, label="ideal")
-    ax1.set(xlabel="threads per node", ylabel="ratio: (0) row's time / this", xticks=threads)
+    ax1.set(
+        xlabel="threads (processes) per node",
+        ylabel="speedup: (0) row's time / this row's (higher is faster)",
+        xticks=threads,
+    )
     ax1.set_title(f"{JOBS[result.config['job']].description}: scaling")
     ax1.set_ylim(bottom=0)
     ax1.legend(fontsize="small")
     if result.ceiling:
         counts = sorted(result.ceiling)
         ax2.plot(counts, [max(result.ceiling[t].values()) for t in counts], "k--", label="store ceiling")
-    ax2.set(xlabel="threads per node", ylabel="GB/s written", title="bandwidth", xticks=threads)
+    ax2.set(
+        xlabel="threads (processes) per node",
+        ylabel=f"GB/s written ({result.bytes_per_page} bytes a page)",
+        title="bandwidth",
+        xticks=threads,
+    )
     ax2.set_ylim(bottom=0)
     ax2.legend(fontsize="small")
     m = result.machine
@@ -164,7 +184,8 @@ def plot(result: Result, path: str) -> None:
         0.01,
         f"{m['cpu_model']}, {m['cores']} CPUs; {parse_size(result.config['mem']) / 2**30:g} GiB, "
         f"{result.pages} pages; "
-        f"{result.meta.get('created', '')}; error bars: 95% intervals",
+        f"{result.meta.get('created', '')}; error bars: {interval_name(result)} of "
+        f"{result.config['repeat']} runs",
         ha="center",
         fontsize="small",
     )

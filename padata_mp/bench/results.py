@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -23,6 +24,11 @@ SPREAD = 0.10  # the median's 95% interval wider than this fraction of it
 MIN_RUNS = 5
 ROUND_TRIPS = 20  # a job shorter than this many engine round trips measures the engine
 LOAD_AVERAGE = 0.5
+# What a result file may hold: far more than any run writes, little enough to read in a second.
+MAX_BYTES = 16 * 2**20
+MAX_ROWS = 1000
+MAX_RUNS = 10_000
+KINDS = ("plain", "padata_mp", "native", "peer")
 
 
 @dataclass
@@ -75,11 +81,8 @@ class Row:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Row:
-        ratios = {
-            k: Ratio(r["value"], tuple(r["ci95"]), r["runs"]) for k, r in data.get("ratios", {}).items()
-        }
-        fields = {k: data[k] for k in ("kind", "name", "kernel", "threads", "times_ms")}
-        return cls(**fields, ratios=ratios)
+        """The row's runs (its rates and ratios follow from them, in ``Result.finish``)."""
+        return cls(**{k: data[k] for k in ("kind", "name", "kernel", "threads", "times_ms")})
 
 
 @dataclass
@@ -146,50 +149,111 @@ class Result:
         return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], source: str = "the result") -> Result:
-        """A result written by ``to_json``; BadValueError for anything else (an older schema)."""
+    def from_json(cls, data: object, source: str = "the result") -> Result:
+        """A result written by ``to_json``; BadValueError, one line naming what is wrong, for
+        anything else (an older schema, a field of the wrong type, a time that is not > 0)."""
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             found = data.get("schema", "none") if isinstance(data, dict) else type(data).__name__
             raise BadValueError(
-                f"{source} is not a padata-mp bench result of schema {SCHEMA} (found {found})"
+                f"{source} is not a padata-mp bench result of schema {SCHEMA} (found {found!r:.40})"
             )
+        _check_result(data, source)
         meta: dict[str, Any] = {
             k: data[k] for k in ("schema", "padata_mp_version", "created", "argv") if k in data
         }
-        try:
-            result = cls(data["machine"], data["config"], data["pages"], data["bytes_per_page"], meta=meta)
-            result.rows, result.native, result.peers = (
-                [Row.from_json(r) for r in data[name]] for name in ("rows", "native", "peers")
-            )
-            result.warnings, result.skipped = data["warnings"], data["skipped"]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BadValueError(f"{source} is not a whole {SCHEMA} result: {exc!r}") from None
+        result = cls(data["machine"], data["config"], data["pages"], data["bytes_per_page"], meta=meta)
+        result.rows, result.native, result.peers = (
+            [Row.from_json(r) for r in data[name]] for name in ("rows", "native", "peers")
+        )
+        result.warnings, result.skipped = data["warnings"], data["skipped"]
         return result
 
 
 def load(path: str) -> Result:
-    """A result from a JSON file; BadValueError naming the file where it cannot be read."""
+    """A result from a JSON file of at most MAX_BYTES; BadValueError naming the file where it
+    cannot be read or is not a result."""
     try:
-        with open(path) as f:
-            data = json.load(f)
+        with open(path, "rb") as f:
+            raw = f.read(MAX_BYTES + 1)
     except OSError as exc:
         raise BadValueError(f"cannot read {path!r}: {exc.strerror}") from None
+    if len(raw) > MAX_BYTES:
+        raise BadValueError(f"{path!r} is over {MAX_BYTES >> 20} MiB: not a bench result")
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        raise BadValueError(f"{path!r} is nested too deeply to be a bench result") from None
     except ValueError as exc:
         raise BadValueError(f"{path!r} is not JSON: {exc}") from None
     return Result.from_json(data, repr(path))
 
 
+def _check_result(data: dict[str, Any], source: str) -> None:
+    """Every field ``from_json`` and ``compare`` read, of the type the schema gives it."""
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise BadValueError(f"{source} is not a valid {SCHEMA} result: {what}")
+
+    machine, config = data.get("machine"), data.get("config")
+    need(isinstance(machine, dict), "machine must be an object")
+    need(isinstance(config, dict) and isinstance(config.get("job"), str), "config must name its job")
+    for name in ("pages", "bytes_per_page"):
+        need(_is_count(data.get(name)), f"{name} must be an integer >= 0")
+    for name in ("warnings", "skipped"):
+        need(_is_strings(data.get(name)), f"{name} must be a list of strings")
+    for name in ("created", "padata_mp_version"):
+        need(isinstance(data.get(name, ""), str), f"{name} must be a string")
+    need(_is_strings(data.get("argv", [])), "argv must be a list of strings")
+    for name in ("cpu_model", "git_commit"):
+        need(isinstance(data["machine"].get(name) or "", str), f"machine.{name} must be a string or null")
+    keys = set()
+    for name in ("rows", "native", "peers"):
+        need(isinstance(data.get(name), list), f"{name} must be a list of rows")
+        need(len(data[name]) <= MAX_ROWS, f"{name} holds over {MAX_ROWS} rows")
+        for i, row in enumerate(data[name]):
+            where = f"{name}[{i}]"
+            need(isinstance(row, dict), f"{where} must be an object")
+            need(row.get("kind") in KINDS, f"{where}.kind must be one of {', '.join(KINDS)}")
+            for text in ("name", "kernel"):
+                need(isinstance(row.get(text), str), f"{where}.{text} must be a string")
+            need(_is_count(row.get("threads")), f"{where}.threads must be an integer >= 0")
+            times = row.get("times_ms")
+            runs = len(times) if isinstance(times, list) else 0
+            need(1 <= runs <= MAX_RUNS, f"{where}.times_ms must be a list of 1 to {MAX_RUNS} times")
+            need(all(_is_time(t) for t in times), f"{where}.times_ms must hold finite times > 0")
+            key = (row["kind"], row["name"], row["kernel"], row["threads"])
+            need(key not in keys, f"{where} repeats a configuration")
+            keys.add(key)
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_time(value: object) -> bool:
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    )
+
+
+def _is_strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def spread(row: Row) -> float:
+    """The width of the row's median's 95% interval over the median."""
+    low, high = row.ci95_ms
+    return (high - low) / row.time_ms
+
+
 def warnings(result: Result) -> list[str]:
     """What makes this run's figures less than trustworthy, one line each."""
     out = []
-    spread = [
-        f"{label(row)} {(row.ci95_ms[1] - row.ci95_ms[0]) / row.time_ms:.0%}"
-        for row in result.all_rows()
-        if (row.ci95_ms[1] - row.ci95_ms[0]) / row.time_ms > SPREAD
-    ]
-    if spread:
+    noisy = [f"{label(row)} {spread(row):.0%}" for row in result.all_rows() if spread(row) > SPREAD]
+    if noisy:
         out.append(
-            f"spread over {SPREAD:.0%} (95% interval over the median): {', '.join(spread)}; more runs "
+            f"spread over {SPREAD:.0%} (95% interval over the median): {', '.join(noisy)}; more runs "
             "(--repeat), a quiet machine and a fixed CPU frequency narrow it"
         )
     runs = min(len(r.times_ms) for r in result.all_rows())

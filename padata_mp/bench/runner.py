@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import os
 import platform
 import subprocess
@@ -98,6 +99,8 @@ def run(
                 result.skipped, f"native ceiling skipped, numpy's through the engine instead: {library.why}"
             )
         program = _native_program(job, with_native, result.skipped)
+        if with_peers and importlib.util.find_spec("joblib") is None:
+            _skip(result.skipped, "joblib rows skipped: joblib is not installed (pip install joblib)")
         progress(f"preparing {spec.description} on {parse_size(mem) / 2**30:g} GiB")
         engine = stack.enter_context(Padata(workers, topology=topology))
         result.machine["start_method"] = engine.start_method

@@ -54,6 +54,10 @@ class Ratio:
     def significant(self) -> bool:
         return self.runs >= MIN_RUNS and not self.ci95[0] <= 1.0 <= self.ci95[1]
 
+    def inverse(self) -> Ratio:
+        """median(b) / median(a), with the interval turned too."""
+        return Ratio(1 / self.value, (1 / self.ci95[1], 1 / self.ci95[0]), self.runs)
+
     def mark(self) -> str:
         """How the table prints it: ``1.23x*``, the star where it is significant."""
         return f"{self.value:.2f}x{'*' if self.significant else ' '}"

@@ -16,7 +16,7 @@ memory-proportional jobs run on it in parallel by the engine, each with a proof.
 The model uses the engine; the engine knows nothing of struct pages.
 """
 
-from .deferred import KERNELS, deferred_init, init_chunk, init_chunk_c
+from .deferred import KERNELS, Kernel, deferred_init, init_chunk, init_chunk_c
 from .hugetlb import HugetlbFile, HugetlbPool, hugetlb_alloc, hugetlb_fallocate
 from .layout import Zone, layout
 from .machine import Machine
@@ -31,6 +31,7 @@ __all__ = [
     "DeviceMemory",
     "HugetlbFile",
     "HugetlbPool",
+    "Kernel",
     "Machine",
     "Mapping",
     "NodeRun",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -33,7 +34,8 @@ from .runner import NodeRun, run_work
 from .verify import VerifySummary
 
 log = logging.getLogger("padata_mp.mm")
-KERNELS = ("numpy", "c")
+Kernel = Literal["numpy", "c"]  # the chunk kernels: numpy's, and the same work compiled
+KERNELS: tuple[Kernel, ...] = get_args(Kernel)
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,7 @@ def deferred_init(
     engine: Padata | None = None,
     threads: int | None = None,
     on_progress: Callable[[float], None] | None = None,
-    kernel: str = "numpy",
+    kernel: Kernel = "numpy",
 ) -> NodeRun:
     """The kernel's deferred struct-page init: one job per node, all nodes at once.
 
