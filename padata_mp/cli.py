@@ -108,7 +108,7 @@ def _kinds(text: str) -> tuple[str, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     from .bench.workloads import JOBS
-    from .mm.deferred import KERNELS
+    from .mm.kernels import KERNELS
 
     parser = _Parser(prog="padata-mp", description="padata's multithreaded jobs on a process pool")
     parser.add_argument("--version", action="version", version=f"padata-mp {padata_mp.__version__}")
@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--kernel",
         choices=KERNELS,
         default="numpy",
-        help="the chunk kernel (default numpy; c needs a C compiler)",
+        help="the chunk kernel (default numpy; c and c-stream, its non-temporal stores, need a C compiler)",
     )
 
     bench = sub.add_parser("bench", help="measure a kernel job's scaling, ceiling, native and peers")
@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--kernel",
         choices=KERNELS,
         help="measure the engine with this chunk kernel only (default: every kernel the job has; "
-        "init has numpy and c, which needs a C compiler)",
+        "init and pmem have numpy, c and c-stream, the C ones where a C compiler is found)",
     )
     bench.add_argument(
         "--mem",

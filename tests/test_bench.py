@@ -2,10 +2,12 @@
 kernel it measures the engine with, and the native code built from the installed package."""
 
 import json
+import os
 import subprocess
 import sys
 
 import numpy as np
+import psutil
 import pytest
 
 from padata_mp import BadValueError
@@ -13,7 +15,8 @@ from padata_mp import cli as command_line
 from padata_mp.bench import compare, results
 from padata_mp.bench.results import Result, Row
 from padata_mp.bench.stats import median_ci95, ratio
-from padata_mp.mm import Machine, deferred_init
+from padata_mp.mm import KERNELS, DeviceMemory, Machine, deferred_init, memmap_init_zone_device
+from padata_mp.mm.kernels import check_kernel
 from padata_mp.native import build
 from tests.conftest import OwnShm
 
@@ -313,39 +316,76 @@ def test_compare_reads_a_bounded_amount(tmp_path, capsys):
 
 
 @needs_c
-def test_the_c_kernel_writes_the_same_words_as_numpy(engine):
+def test_every_kernel_writes_the_same_words(engine):
     """Every word of the memmap, the pageblocks, the records and the zones, with holes inside and
-    across sections, on two nodes."""
+    across sections and pieces cut short, on two nodes: numpy's, c and c-stream alike."""
     holes = [(600_000, 700_000), (800_001, 800_100), (1_200_003, 1_300_000)]
     words = {}
-    for kernel in ("numpy", "c"):
+    for kernel in KERNELS:
         with Machine.create("6G", 2, holes=holes) as machine:
             engine.attach(*machine.shared_arrays)
             deferred_init(machine, engine, kernel=kernel)
             machine.verify()
             words[kernel] = [*(a.array.copy() for a in machine.shared_arrays), machine.zones.copy()]
-    for numpy_words, c_words in zip(words["numpy"], words["c"], strict=True):
-        assert np.array_equal(numpy_words, c_words)
+    for kernel in ("c", "c-stream"):
+        for numpy_words, c_words in zip(words["numpy"], words[kernel], strict=True):
+            assert np.array_equal(numpy_words, c_words), kernel
 
 
 @needs_c
-def test_the_c_kernel_refuses_what_numpy_refuses(engine):
+def test_every_pmem_kernel_writes_the_same_words(engine):
+    words = {}
+    for kernel in KERNELS:
+        with DeviceMemory("1G", node=0) as device:
+            memmap_init_zone_device(device, engine, kernel=kernel)
+            device.verify()
+            words[kernel] = [a.array.copy() for a in device.shared_arrays]
+    for kernel in ("c", "c-stream"):
+        for numpy_words, c_words in zip(words["numpy"], words[kernel], strict=True):
+            assert np.array_equal(numpy_words, c_words), kernel
+
+
+@needs_c
+def test_the_c_kernels_refuse_what_numpy_refuses_and_never_write_outside_the_blocks(engine):
+    from dataclasses import replace
+
     from padata_mp.mm import init_chunk, init_chunk_c
-    from padata_mp.mm.deferred import c_kernel, zone_job
+    from padata_mp.mm.deferred import zone_job
+    from padata_mp.mm.pmem import DeviceJob, init_device_chunk, init_device_chunk_c
+    from padata_mp.native import load
 
     with Machine.create("5G", 1) as machine:
         zone = machine.nodes[0].highest_zone
-        for thread_fn, job in (
-            (init_chunk, zone_job(machine, zone)),
-            (init_chunk_c, zone_job(machine, zone, c_kernel())),
+        for thread_fn, compiled in (
+            (init_chunk, None),
+            (init_chunk_c, check_kernel("c")),
+            (init_chunk_c, check_kernel("c-stream")),
         ):
+            job = zone_job(machine, zone, compiled)
             with pytest.raises(ValueError, match="whole sections"):
                 thread_fn(zone.first_deferred_pfn + 1, zone.end_pfn, job)
+            past = replace(job, end_pfn=machine.total_pages + (1 << 20))  # a zone past the machine's end
+            with pytest.raises(ValueError, match="outside the machine"):
+                thread_fn(zone.end_pfn - zone.end_pfn % (1 << 15), past.end_pfn, past)
+        # The library checks again, for callers that skip Python's check.
+        memmap, pageblocks, records = (a.array for a in machine.shared_arrays)
+        lib = load(check_kernel("c").library)
+        args = (memmap.ctypes.data, len(memmap), pageblocks.ctypes.data, records.ctypes.data)
+        assert lib.padata_init_chunk(*args, 0, 1 << 15, len(memmap) + 1, 0, None, 0, 1) == -22
+        assert lib.padata_init_chunk(*args, -(1 << 15), 0, len(memmap), 0, None, 0, 0) == -22
+    with DeviceMemory("256M") as device:
+        for thread_fn, compiled in (
+            (init_device_chunk, None),
+            (init_device_chunk_c, check_kernel("c-stream")),
+        ):
+            job = DeviceJob(*device.shared_arrays, device.start_pfn, 0, compiled)
+            with pytest.raises(ValueError, match="outside the device"):
+                thread_fn(device.start_pfn, device.start_pfn + device.pages + 1, job)
 
 
 def test_a_kernel_is_named_and_checked_before_any_work():
     with Machine.create("5G", 1) as machine:
-        with pytest.raises(BadValueError, match="kernel must be one of numpy, c"):
+        with pytest.raises(BadValueError, match="kernel must be one of numpy, c, c-stream"):
             deferred_init(machine, kernel="fortran")
         assert not machine.initialised
 
@@ -392,6 +432,66 @@ def test_native_code_is_built_once_per_source_into_the_cache(tmp_path, monkeypat
         assert [p.name for p in first.path.parent.iterdir()] == [first.path.name]  # no temporary left
     finally:
         build.cache_clear()
+
+
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    """An empty cache of built code, and build()'s per-process memory of it cleared around."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    build.cache_clear()
+    yield tmp_path / "padata_mp"
+    build.cache_clear()
+
+
+@needs_c
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_damaged_cached_library_is_built_again(own_cache, damage):
+    """A library that would not load (or would kill the process loading it) is never used: the
+    check runs in a child process, and the file is built again."""
+    first = build("library").path
+    data = first.read_bytes()
+    first.write_bytes(b"not an ELF file" * 100 if damage == "garbage" else data[: len(data) // 3])
+    build.cache_clear()
+    again = build("library")
+    assert again.path == first and first.read_bytes() != b"not an ELF file" * 100
+    assert subprocess.run([sys.executable, "-c", native_check, str(again.path)], timeout=60).returncode == 0
+
+
+native_check = "import ctypes, sys; sys.exit(ctypes.CDLL(sys.argv[1]).padata_self_test())"
+
+
+def fake_compiler(tmp_path, body: str) -> str:
+    """A compiler that answers --version and -dumpmachine, and does ``body`` when asked to build."""
+    script = tmp_path / "fake-cc"
+    script.write_text(
+        "#!/bin/sh\n"
+        'case "$1" in --version) echo fake-cc 1.0; exit 0;; -dumpmachine) echo x86_64; exit 0;; esac\n'
+        f"{body}\n"
+    )
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_a_compiler_that_writes_junk_poisons_nothing(own_cache, tmp_path, monkeypatch):
+    """It exits 0 but its output fails the self-test: reported, not cached."""
+    junk = 'while [ "$1" != -o ]; do shift; done; echo junk > "$2"; chmod +x "$2"; exit 0'
+    monkeypatch.setenv("CC", fake_compiler(tmp_path, junk))
+    for kind in ("library", "program"):
+        built = build(kind)
+        assert built.path is None and "fails its self-test" in built.why, built
+    assert not own_cache.exists() or list(own_cache.iterdir()) == []
+
+
+def test_a_compiler_that_hangs_is_stopped_with_its_children(own_cache, tmp_path, monkeypatch):
+    from padata_mp import native
+
+    marker = f"padata-hang-{os.getpid()}"
+    monkeypatch.setenv("CC", fake_compiler(tmp_path, f"sh -c 'sleep 300; : {marker}' & wait"))
+    monkeypatch.setattr(native, "BUILD_TIMEOUT_S", 1.0)
+    built = build("library")
+    assert built.path is None and "took over 1 s" in built.why
+    left = [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
+    assert left == []  # the compiler's own children went with it
 
 
 @needs_c

@@ -51,12 +51,13 @@ def test_init_prints_the_kernels_lines_and_verifies():
     assert shm.left(out.pid) == set()
 
 
-def test_init_with_the_c_kernel_verifies():
+@pytest.mark.parametrize("kernel", ["c", "c-stream"])
+def test_init_with_a_c_kernel_verifies(kernel):
     from padata_mp.native import build
 
     if build("library").path is None:
         pytest.skip(f"no C kernel here: {build('library').why}")
-    out = cli("init", "--mem", "6G", "--nodes", "2", "--kernel", "c", "--verify")
+    out = cli("init", "--mem", "6G", "--nodes", "2", "--kernel", kernel, "--verify")
     assert out.returncode == 0, out.stderr
     assert "node 1 deferred pages initialised in" in out.stdout and "verified:" in out.stdout
 
@@ -95,7 +96,9 @@ def test_nodes_auto_simulates_the_synthetic_topologys_nodes(nodes):
         ["bench", "--job", "defrag"],
         ["bench", "--job", "fallocate", "--mem", "1M"],  # less than one huge page
         ["bench", "--job", "hugetlb-1g", "--mem", "5G"],  # no whole GiB deferred
-        ["bench", "--job", "pmem", "--kernel", "c"],  # only deferred init has a C kernel
+        ["bench", "--job", "vfio", "--kernel", "c"],  # only deferred init and pmem have C kernels
+        ["bench", "--mem", "128M"],  # no deferred pages: the first section is initialised at boot
+        ["bench", "--mem", "8G", "--nodes", "64"],
         ["bench", "--kernel", "fortran"],
         ["init", "--kernel", "fortran"],
         ["compare", "only-one.json"],
@@ -139,17 +142,16 @@ def test_bench_writes_json_and_csv(tmp_path):
     assert out.returncode == 0, out.stderr
     node_cpus = min(len(n.cpus) for n in read_topology().nodes_with_cpus)
     assert ("capped" in out.stderr) == (node_cpus < 64)  # thread counts past a node's CPUs
-    assert "node% (thr) | kernel | speedup" in out.stdout and "(0)" in out.stdout
+    assert "node% (thr) | kernel   | speedup" in out.stdout and "(0)" in out.stdout
     data = json.loads((tmp_path / "b.json").read_text())
     assert data["schema"] == "padata_mp.bench/2"
     assert data["argv"] == ["padata-mp", *args]
     assert data["created"].endswith("+00:00") and data["padata_mp_version"]
     assert data["pages"] == 2**18 - 2**15
-    # One (0) row and one row per thread count for each kernel measured: numpy always, C where
-    # a compiler is found (and then the native rows too).
+    # One (0) row and one row per thread count for each kernel measured: numpy always, the C ones
+    # where a compiler is found (and then the native rows too, plain and streaming).
     kernels = data["config"]["kernels"]
-    assert kernels[0] == "numpy" and set(kernels) <= {"numpy", "c"}
-    assert ("c" in kernels) == (not data["skipped"])
+    assert kernels == (["numpy", "c", "c-stream"] if not data["skipped"] else ["numpy"])
     counts = sorted({0} | {min(t, node_cpus) for t in (1, 2, 64)})
     assert [(r["kernel"], r["threads"]) for r in data["rows"]] == [(k, t) for k in kernels for t in counts]
     for row in data["rows"] + data["native"]:
@@ -164,7 +166,10 @@ def test_bench_writes_json_and_csv(tmp_path):
     assert {"cpu_model", "kernel", "thp", "python", "numpy", "start_method", "load_average"} <= set(machine)
     assert data["ceiling"]["gbps"] and data["ceiling"]["method"]
     if "c" in kernels:
-        assert {n["threads"] for n in data["native"]} == set(counts) - {0}
+        natives = {(n["kernel"], n["threads"]) for n in data["native"]}
+        assert natives == {(k, t) for k in ("c", "c-stream") for t in set(counts) - {0}}
+        streamed = [r for r in data["rows"] if r["kernel"] == "c-stream"]
+        assert all("c" in r["ratios"] for r in streamed) and "c-stream over c" in out.stdout
     lines = (tmp_path / "b.csv").read_text().splitlines()
     assert lines[0].startswith("kind,name,kernel,threads,")
     assert len(lines) == 1 + len(data["rows"]) + len(data["native"]) + len(data["peers"])
@@ -193,11 +198,14 @@ def test_bench_runs_every_kernel_job(tmp_path, job):
     data = json.loads((tmp_path / "b.json").read_text())
     assert data["config"]["job"] == job
     node_cpus = min(len(n.cpus) for n in read_topology().nodes_with_cpus)
-    assert [r["threads"] for r in data["rows"]] == sorted({0} | {min(t, node_cpus) for t in (1, 2)})
+    counts = sorted({0} | {min(t, node_cpus) for t in (1, 2)})
+    kernels = data["config"]["kernels"]  # pmem's C kernels where a compiler is found
+    assert kernels == (["numpy", "c", "c-stream"] if job == "pmem" and "c" in kernels else ["numpy"])
+    assert [(r["kernel"], r["threads"]) for r in data["rows"]] == [(k, t) for k in kernels for t in counts]
     assert data["pages"] > 0
     assert {p["name"] for p in data["peers"]} >= {"Pool.map", "ProcessPoolExecutor", "ThreadPoolExecutor"}
     assert not data["native"] and "no native reference" in out.stderr
-    assert "node% (thr) | kernel | speedup" in out.stdout
+    assert "node% (thr) | kernel   | speedup" in out.stdout
     assert shm.left(out.pid) == set()
 
 

@@ -20,12 +20,13 @@ from ..shm import SharedArray
 
 CEILING_REPEAT = 3  # STREAM reports the best of several runs
 STORE_VALUE = 0x5A  # never benchmark stores of zero: memset has a faster path for them
-NATIVE_CEILING = "C library: pthreads storing over the block, plain and non-temporal, best of 3"
+NATIVE_CEILING = "C library: pthreads storing over the block, plain and non-temporal (the widest), best of 3"
 ENGINE_CEILING = "the engine's processes: numpy fill and memset over the block, best of 3"
 
 
-def native_init(program: Path, machine: Machine, threads: int) -> float:
-    """The native reference on this machine's shared memory, then the splice; ms as it measures."""
+def native_init(program: Path, machine: Machine, threads: int, stream: bool = False) -> float:
+    """The native reference on this machine's shared memory (``stream``: its non-temporal stores),
+    then the splice; ms as it measures."""
     memmap, pageblocks, records = (f"/dev/shm/{a.name}" for a in machine.shared_arrays)
     jobs = [
         f"{j.fn_arg.node}:{j.fn_arg.zone}:{j.start}:{j.end}:{j.fn_arg.end_pfn}:{threads}:"
@@ -34,7 +35,15 @@ def native_init(program: Path, machine: Machine, threads: int) -> float:
         if j.size
     ]
     out = subprocess.run(
-        [str(program), memmap, pageblocks, records, str(machine.total_pages), *jobs],
+        [
+            str(program),
+            *(["--stream"] if stream else []),
+            memmap,
+            pageblocks,
+            records,
+            str(machine.total_pages),
+            *jobs,
+        ],
         check=True,
         capture_output=True,
         text=True,

@@ -11,7 +11,7 @@ import csv
 from typing import IO
 
 from ..mm.sizes import parse_size
-from .results import Result, Row, label
+from .results import Result, Row, label, write_limit
 from .workloads import JOBS
 
 CSV_FIELDS = (
@@ -62,17 +62,18 @@ def table(result: Result) -> str:
         f"phases: create {phases['create']:.2f} s, attach {phases['attach']:.2f} s, "
         f"verify {phases.get('verify', 0):.2f} s; engine round trip {result.round_trip_ms:.2f} ms; "
         f"the job below: median of {config['repeat']} [{interval_name(result)}]",
+        *_streaming_stores(config),
         "",
-        f"  node% (thr) | kernel | speedup  ratio  | {times:26} | Mpages/s |  GB/s "
+        f"  node% (thr) | kernel   | speedup  ratio  | {times:26} | Mpages/s |  GB/s "
         "| % of ceiling | of native",
-        "  ----------- | ------ | --------------- | -------------------------- | -------- | ----- "
+        "  ----------- | -------- | --------------- | -------------------------- | -------- | ----- "
         "| ------------ | ---------",
     ]
     for row in result.rows:
         where = "     (0)" if row.threads == 0 else f"{row.node_percent:5.0f}% ({row.threads})"
         ceiling = "" if row.ceiling_fraction is None else f"{100 * row.ceiling_fraction:5.1f}%"
         lines.append(
-            f"  {where:>11} | {row.kernel:6} | {row.speedup:6.1f}% {_ratio(row, 'plain'):6} | "
+            f"  {where:>11} | {row.kernel:8} | {row.speedup:6.1f}% {_ratio(row, 'plain'):6} | "
             f"{_interval(row)} | {row.pages_per_s / 1e6:8.1f} | {row.gbps:5.2f} | {ceiling:>12} | "
             f"{_ratio(row, 'native')}"
         )
@@ -84,11 +85,11 @@ def table(result: Result) -> str:
     if others:
         lines += [
             "",
-            f"  other (thr)                 | kernel | {times:26} | Mpages/s | padata_mp vs this",
+            f"  {'other (thr)':34} | kernel   | {times:26} | Mpages/s | padata_mp vs this",
         ]
         for o in others:
             lines.append(
-                f"  {o.name + f' ({o.threads})':27} | {o.kernel:6} | {_interval(o)} | "
+                f"  {o.name + f' ({o.threads})':34} | {o.kernel:8} | {_interval(o)} | "
                 f"{o.pages_per_s / 1e6:8.1f} | {_ratio(o, 'padata_mp', inverse=True)}"
             )
     lines += [
@@ -97,13 +98,37 @@ def table(result: Result) -> str:
         "  speedup: % of the (0) row's time saved.  Every ratio is above 1 where padata_mp is the",
         "  faster: ratio = (0)'s time / this; of native = the native reference's time / this (same",
         "  threads); padata_mp vs this = this row's time / the engine's (same kernel and threads);",
-        "  * where the ratio's 95% interval excludes 1.  % of ceiling: GB/s over the best store",
-        "  ceiling (plain or non-temporal) of as many processes, the (0) row's of one.",
+        "  * where the ratio's 95% interval excludes 1.  % of ceiling: GB/s over the non-temporal",
+        "  store ceiling (the memory's write limit; the best other where there is none) of as many",
+        "  processes, the (0) row's of one.",
     ]
+    streaming = _streaming_gain(result)
+    if streaming:
+        lines += ["", f"  c-stream over c (c's time / c-stream's, same configuration): {streaming}"]
     for note, items in (("skipped", result.skipped), ("warnings", result.warnings)):
         if items:
             lines += ["", f"  {note}:"] + [f"  - {item}" for item in items]
     return "\n".join(lines)
+
+
+def _streaming_stores(config: dict) -> list[str]:
+    """How the c-stream rows stored, where there are some."""
+    if "stream_bytes" not in config:
+        return []
+    if not config["stream_bytes"]:
+        return ["c-stream: this CPU has no non-temporal stores, so its rows store plainly"]
+    return [f"c-stream: {config['stream_bytes']}-byte non-temporal stores, one fence per chunk"]
+
+
+def _streaming_gain(result: Result) -> str:
+    """What non-temporal stores gained, per configuration: the c rows' time over c-stream's."""
+    gains = [
+        f"{'(0)' if row.kind == 'plain' else row.threads} {row.ratios['c'].mark()} "
+        f"[{row.ratios['c'].ci95[0]:.2f}, {row.ratios['c'].ci95[1]:.2f}]"
+        for row in result.rows
+        if "c" in row.ratios
+    ]
+    return "; ".join(gains)
 
 
 def write_csv(result: Result, out: IO[str]) -> None:
@@ -169,7 +194,8 @@ def plot(result: Result, path: str) -> None:
     ax1.legend(fontsize="small")
     if result.ceiling:
         counts = sorted(result.ceiling)
-        ax2.plot(counts, [max(result.ceiling[t].values()) for t in counts], "k--", label="store ceiling")
+        limits = [write_limit(result.ceiling[t]) for t in counts]
+        ax2.plot(counts, limits, "k--", label="store ceiling (non-temporal: the write limit)")
     ax2.set(
         xlabel="threads (processes) per node",
         ylabel=f"GB/s written ({result.bytes_per_page} bytes a page)",

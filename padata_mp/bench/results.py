@@ -19,6 +19,7 @@ from .stats import Ratio, median_ci95, ratio
 
 SCHEMA = "padata_mp.bench/2"
 NATIVE = "native (C, pthreads)"
+NATIVE_STREAM = "native (C, pthreads, streaming)"
 # The warnings' thresholds.
 SPREAD = 0.10  # the median's 95% interval wider than this fraction of it
 MIN_RUNS = 5
@@ -34,11 +35,11 @@ KINDS = ("plain", "padata_mp", "native", "peer")
 @dataclass
 class Row:
     """One configuration's runs and what follows from them.  ``kind``: "plain", "padata_mp",
-    "native" or "peer"; ``kernel``: the chunk work ("numpy" or "c"); ``threads``: 0 for the plain
-    row.  ``ratios`` hold other
-    configurations' median time over this one's: "plain" (the plain row of the same kernel: the
-    table's ratio), "native" (the native reference at the same threads), "padata_mp" (the engine
-    with the same kernel at the same threads)."""
+    "native" or "peer"; ``kernel``: the chunk work ("numpy", "c" or "c-stream"); ``threads``: 0
+    for the plain row.  ``ratios`` hold other configurations' median time over this one's:
+    "plain" (the plain row of the same kernel: the table's ratio), "native" (the native reference
+    of the same stores at the same threads), "padata_mp" (the engine with the same kernel at the
+    same threads), "c" (for c-stream rows: the same row with the kernel's cached stores)."""
 
     kind: str
     name: str
@@ -122,12 +123,15 @@ class Result:
             row.node_percent = 100.0 * row.threads / node_cpus
             row.pages_per_s = self.pages / (row.time_ms / 1e3)
             row.gbps = row.pages_per_s * self.bytes_per_page / 1e9
-            ceiling = max(self.ceiling.get(row.threads or 1, {}).values(), default=0.0)
+            ceiling = write_limit(self.ceiling.get(row.threads or 1, {}))
             row.ceiling_fraction = row.gbps / ceiling if ceiling else None
+            reference = "c-stream" if row.kernel == "c-stream" else "c"
             against = {
                 "plain": self.find("plain", row.kernel, 0),
-                "native": self.find("native", "c", row.threads) if row.threads else None,
+                "native": self.find("native", reference, row.threads) if row.threads else None,
                 "padata_mp": self.find("padata_mp", row.kernel, row.threads),
+                # What streaming gains: the same configuration with the kernel's cached stores.
+                "c": self.find(row.kind, "c", row.threads) if row.kernel == "c-stream" else None,
             }
             row.ratios = {
                 name: ratio(other.times_ms, row.times_ms)
@@ -241,6 +245,12 @@ def _is_strings(value: object) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
+def write_limit(ceiling: dict[str, float]) -> float:
+    """The ceiling a row is a share of: the non-temporal stores' where measured (they skip the
+    read before each write: the memory's write limit), else the best of the others."""
+    return ceiling.get("nontemporal") or max(ceiling.values(), default=0.0)
+
+
 def spread(row: Row) -> float:
     """The width of the row's median's 95% interval over the median."""
     low, high = row.ci95_ms
@@ -277,7 +287,7 @@ def warnings(result: Result) -> list[str]:
         out.append(
             f"above the store ceiling, which was measured low (it varies from run to run): {', '.join(above)}"
         )
-    best = [(t, max(c.values())) for t, c in sorted(result.ceiling.items())]
+    best = [(t, write_limit(c)) for t, c in sorted(result.ceiling.items())]
     for (t1, g1), (t2, g2) in itertools.pairwise(best):
         if g2 < g1:
             out.append(f"the store ceiling falls from {g1:.1f} GB/s at {t1} to {g2:.1f} at {t2} processes")

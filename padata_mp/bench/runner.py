@@ -28,15 +28,15 @@ import padata_mp
 from ..checks import require
 from ..errors import PadataError
 from ..job import MtJob
-from ..mm.deferred import check_kernel
+from ..mm.kernels import check_kernel
 from ..mm.runner import NodeWork, run_work
 from ..mm.sizes import parse_size
-from ..native import Built, build
+from ..native import Built, build, stream_width
 from ..pool import Padata
 from ..topology import Topology
 from . import native, workloads
 from .peers import peer_run, peers
-from .results import NATIVE, SCHEMA, Result, Row
+from .results import NATIVE, NATIVE_STREAM, SCHEMA, Result, Row
 from .workloads import Workload
 
 KERNEL_PERCENTS = (12, 25, 37, 50, 75, 100)  # the series' thread counts, as % of a node's CPUs
@@ -94,6 +94,8 @@ def run(
         base = stack.enter_context(spec.create(mem, nodes, topology))
         kernels = result.config["kernels"] = _kernels(spec, kernel, result.skipped)
         library = build("library")
+        if "c-stream" in kernels and library.path:
+            result.config["stream_bytes"] = stream_width(str(library.path))
         if library.path is None:
             _skip(
                 result.skipped, f"native ceiling skipped, numpy's through the engine instead: {library.why}"
@@ -144,11 +146,15 @@ def _skip(skipped: list[str], why: str) -> None:
 def _kernels(spec: workloads.Job, kernel: str | None, skipped: list[str]) -> list[str]:
     """The chunk kernels to measure: the one asked for, else every one the job has that builds."""
     if kernel is not None:
-        check_kernel(kernel)  # PadataError, saying why, where "c" cannot be built
+        require(
+            kernel in spec.kernels,
+            f"{spec.description} has the kernels {', '.join(spec.kernels)}; --kernel {kernel} is not one",
+        )
+        check_kernel(kernel)  # PadataError, saying why, where a C kernel cannot be built
         return [kernel]
-    if "c" in spec.kernels and build("library").path is None:
+    if any(k != "numpy" for k in spec.kernels) and build("library").path is None:
         _skip(skipped, f"C kernel rows skipped: {build('library').why}")
-        return [k for k in spec.kernels if k != "c"]
+        return ["numpy"]
     return list(spec.kernels)
 
 
@@ -192,7 +198,7 @@ def plain_run(load: Workload, kernel: str) -> float:
     began = time.perf_counter()
     jobs = work.begin(dict.fromkeys(range(load.nodes), 1))
     for node, job in jobs.items():
-        if job.thread_fn(job.start, job.end, job.fn_arg):
+        if job.size and job.thread_fn(job.start, job.end, job.fn_arg):  # as the engine: none for none
             raise PadataError(f"thread_fn failed on [{job.start}, {job.end})")
         work.end(node)
     return (time.perf_counter() - began) * 1e3
@@ -217,9 +223,11 @@ def configurations(
     peer_kernel = next(iter(load.works))  # the peers run load.work: the first kernel's
     for count in counts:
         if program and load.machine:
-            runs[("native", NATIVE, "c", count)] = functools.partial(
-                native.native_init, program, load.machine, count
-            )
+            for kernel, name in (("c", NATIVE), ("c-stream", NATIVE_STREAM)):
+                if kernel in load.works:  # a reference for each C kernel measured
+                    runs[("native", name, kernel, count)] = functools.partial(
+                        native.native_init, program, load.machine, count, kernel == "c-stream"
+                    )
         made = peers(load.shared_arrays, count, pools) if pools is not None else {}
         for name, mapper in made.items():
             runs[("peer", name, peer_kernel, count)] = functools.partial(

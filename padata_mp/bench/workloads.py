@@ -18,10 +18,12 @@ from ..errors import BadValueError
 from ..mm import pages as pg
 from ..mm.deferred import DeferredInitWork, deferred_init
 from ..mm.hugetlb import HUGE_ORDERS, HugetlbFile, HugetlbPool
+from ..mm.kernels import KERNELS
 from ..mm.machine import Machine, MachineState
 from ..mm.mapping import BLOCK, Mapping, Munmap, VfioPin, mmap_populate
-from ..mm.pmem import DeviceMemory
+from ..mm.pmem import DeviceInitWork, DeviceMemory
 from ..mm.runner import NodeWork
+from ..mm.sizes import parse_size
 from ..pool import Padata
 from ..ranges import ceil_div
 from ..shm import SharedArray
@@ -67,6 +69,20 @@ class Job:
 
 def _machine(mem: str | int, nodes: int | str, topology: Topology) -> Machine:
     return Machine.create(mem, nodes, topology=topology)
+
+
+def _machine_with_deferred_pages(mem: str | int, nodes: int | str, topology: Topology) -> Machine:
+    """A machine for deferred init: some node must have pages deferred (the kernel initialises each
+    node's first section of its highest zone at boot and defers only what follows)."""
+    machine = _machine(mem, nodes, topology)
+    if not any(machine.deferred_count(z) for z, _, _ in machine.deferred_ranges()):
+        machine.close()
+        raise BadValueError(
+            f"--mem {parse_size(mem) / 2**20:g} MiB on {len(machine.nodes)} node(s) leaves no deferred "
+            "pages: a node defers only what follows its highest zone's first section "
+            f"({pg.PAGES_PER_SECTION * pg.PAGE_SIZE >> 20} MiB); give more --mem or fewer --nodes"
+        )
+    return machine
 
 
 def _machine_with_a_gib(mem: str | int, nodes: int | str, topology: Topology) -> Machine:
@@ -155,15 +171,21 @@ def _mapped(job: str) -> Callable[..., Workload]:
     return prepare
 
 
-def _device(name: str) -> Callable[..., Workload]:
-    def prepare(
-        base: DeviceMemory | HugetlbFile, engine: Padata, stack: contextlib.ExitStack, kernels: list[str]
-    ) -> Workload:
-        """A pmem device or a hugetlbfs file: its own blocks, one node."""
-        arrays = base.shared_arrays
-        return Workload(name, {"numpy": base}, 1, base.reset, arrays, arrays[0], [base.pages * pg.PAGE_SIZE])
+def _pmem(device: DeviceMemory, engine: Padata, stack: contextlib.ExitStack, kernels: list[str]) -> Workload:
+    """A pmem device: its own blocks, one node."""
+    works: dict[str, NodeWork] = {k: DeviceInitWork(device, k) for k in kernels}
+    arrays = device.shared_arrays
+    return Workload("pmem", works, 1, device.reset, arrays, arrays[0], [device.pages * pg.PAGE_SIZE])
 
-    return prepare
+
+def _fallocate(
+    file: HugetlbFile, engine: Padata, stack: contextlib.ExitStack, kernels: list[str]
+) -> Workload:
+    """A hugetlbfs file: its own blocks, one node."""
+    arrays = file.shared_arrays
+    return Workload(
+        "fallocate", {"numpy": file}, 1, file.reset, arrays, arrays[0], [file.pages * pg.PAGE_SIZE]
+    )
 
 
 def _restore(machine: Machine, state: MachineState, then: Callable[[], None]) -> Callable[[], None]:
@@ -175,18 +197,16 @@ def _restore(machine: Machine, state: MachineState, then: Callable[[], None]) ->
 
 
 JOBS: dict[str, Job] = {
-    "init": Job("deferred struct-page init", "64G", _machine, _deferred_init, ("numpy", "c")),
+    "init": Job("deferred struct-page init", "64G", _machine_with_deferred_pages, _deferred_init, KERNELS),
     "hugetlb": Job("hugetlb boot pool, 2 MiB pages", "64G", _machine, _hugetlb("2M")),
     "hugetlb-1g": Job("hugetlb boot pool, 1 GiB pages", "64G", _machine_with_a_gib, _hugetlb("1G")),
     "pmem": Job(
-        "pmem (ZONE_DEVICE) struct-page init", "64G", lambda mem, nodes, t: DeviceMemory(mem), _device("pmem")
+        "pmem (ZONE_DEVICE) struct-page init", "64G", lambda mem, nodes, t: DeviceMemory(mem), _pmem, KERNELS
     ),
     "vfio": Job("VFIO page pinning", "64G", _machine, _mapped("vfio")),
     "munmap": Job("munmap with buddy merging", "64G", _machine, _mapped("munmap")),
     # The file's frames are real memory: a smaller default.
-    "fallocate": Job(
-        "hugetlb fallocate clearing", "2G", lambda mem, nodes, t: HugetlbFile(mem), _device("fallocate")
-    ),
+    "fallocate": Job("hugetlb fallocate clearing", "2G", lambda mem, nodes, t: HugetlbFile(mem), _fallocate),
 }
 
 

@@ -10,14 +10,16 @@ memory-proportional jobs run on it in parallel by the engine, each with a proof.
 | verify | the proof's checks, VerifyError and VerifySummary |
 | machine | ``Machine``: the shared blocks, early boot, save/restore, ``verify()`` |
 | runner | ``NodeWork`` and ``run_work``: one padata job per node, all at once |
-| deferred | deferred struct-page init, with numpy's chunk kernel or the C one |
+| kernels | the chunk kernels: numpy's, and the C one storing plainly or streaming |
+| deferred | deferred struct-page init, with any of the kernels |
 | hugetlb, pmem, mapping | the series' next jobs: huge page pools, ZONE_DEVICE, mmap/munmap/VFIO |
 
 The model uses the engine; the engine knows nothing of struct pages.
 """
 
-from .deferred import KERNELS, Kernel, deferred_init, init_chunk, init_chunk_c
+from .deferred import deferred_init, init_chunk, init_chunk_c
 from .hugetlb import HugetlbFile, HugetlbPool, hugetlb_alloc, hugetlb_fallocate
+from .kernels import KERNELS, Kernel
 from .layout import Zone, layout
 from .machine import Machine
 from .mapping import Mapping, VfioPin, mmap_populate, munmap, vfio_pin

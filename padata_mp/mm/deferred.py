@@ -5,8 +5,8 @@ parameters (align = min_chunk = one section, max_threads = the node's CPUs).  A 
 and frees its sections and records each section's freed heads; the coordinator splices the
 records into the zone's free lists when the node's job is done.
 
-Two chunk kernels do the same work to the same words: numpy's (the default) and the C kernel
-(``kernel="c"``, padata_mp.native's library through ctypes, which needs a C compiler).  The C
+The chunk kernels (mm.kernels) do the same work to the same words: numpy's (the default), and the
+C kernel storing as the kernel does (``kernel="c"``) or streaming (``"c-stream"``).  The C
 kernel's time is the engine's cost plus the work's; numpy's over it is numpy's own.
 """
 
@@ -15,27 +15,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import numpy as np
 
-from ..checks import require
 from ..errors import PadataError
 from ..job import MtJob
-from ..native import build, load
+from ..native import load
 from ..pool import Padata
 from ..ranges import Range, ceil_div, clip_ranges, roundup, subtract_ranges
 from ..shm import SharedArray
 from . import pages as pg
 from .buddy import record_heads
+from .kernels import Compiled, Kernel, check_kernel
 from .layout import Zone
 from .machine import Machine
 from .runner import NodeRun, run_work
 from .verify import VerifySummary
 
 log = logging.getLogger("padata_mp.mm")
-Kernel = Literal["numpy", "c"]  # the chunk kernels: numpy's, and the same work compiled
-KERNELS: tuple[Kernel, ...] = get_args(Kernel)
 
 
 @dataclass(frozen=True)
@@ -49,13 +46,19 @@ class ZoneJob:
     zone: int
     end_pfn: int
     holes: tuple[Range, ...]
-    library: str | None = None  # the C kernel's library, for init_chunk_c
+    compiled: Compiled | None = None  # the C kernel, for init_chunk_c
 
 
 def _check_sections(start: int, end: int, job: ZoneJob) -> None:
     # Two calls must never share a section's record.
     if start % pg.PAGES_PER_SECTION or (end % pg.PAGES_PER_SECTION and end < job.end_pfn):
         raise ValueError(f"deferred init works in whole sections, got [{start}, {end})")
+    # Nothing may reach memory outside the blocks (the C kernel checks again).
+    if not 0 <= start <= end or job.end_pfn > len(job.memmap.array):
+        raise ValueError(
+            f"[{start}, {end}) of a zone ending at pfn {job.end_pfn} is outside the machine's "
+            f"{len(job.memmap.array)} pages"
+        )
 
 
 def init_chunk(start: int, end: int, job: ZoneJob) -> None:
@@ -79,11 +82,14 @@ def init_chunk(start: int, end: int, job: ZoneJob) -> None:
 
 
 def init_chunk_c(start: int, end: int, job: ZoneJob) -> None:
-    """init_chunk in C: the same words written, through the library at ``job.library``."""
+    """init_chunk in C: the same words written, by ``job.compiled`` (plain or streaming stores)."""
     _check_sections(start, end, job)
+    assert job.compiled is not None
     holes = np.array(job.holes, np.int64).reshape(-1, 2)
-    error = load(job.library).padata_init_chunk(
-        job.memmap.array.ctypes.data,
+    memmap = job.memmap.array
+    error = load(job.compiled.library).padata_init_chunk(
+        memmap.ctypes.data,
+        len(memmap),
         job.pageblocks.array.ctypes.data,
         job.records.array.ctypes.data,
         start,
@@ -92,36 +98,28 @@ def init_chunk_c(start: int, end: int, job: ZoneJob) -> None:
         pg.page_flags(job.node, job.zone),
         holes.ctypes.data,
         len(holes),
+        job.compiled.stream,
     )
     if error:
-        raise OSError(-error, f"the C kernel failed on [{start}, {end})")
+        raise OSError(-error, f"the C kernel ({job.compiled.library}) failed on [{start}, {end})")
 
 
-def c_kernel() -> str:
-    """The C kernel's library, built now if it is not yet; PadataError saying why where it
-    cannot be (no C compiler, or the compiler failed)."""
-    built = build("library")
-    if built.path is None:
-        raise PadataError(f"the C kernel is not available: {built.why}")
-    return str(built.path)
-
-
-def zone_job(machine: Machine, zone: Zone, library: str | None = None) -> ZoneJob:
+def zone_job(machine: Machine, zone: Zone, compiled: Compiled | None = None) -> ZoneJob:
     memmap, pageblocks, records = machine.shared_arrays
     holes = tuple(clip_ranges(machine.holes, zone.start_pfn, zone.end_pfn))
-    return ZoneJob(memmap, pageblocks, records, zone.node, zone.zone, zone.end_pfn, holes, library)
+    return ZoneJob(memmap, pageblocks, records, zone.node, zone.zone, zone.end_pfn, holes, compiled)
 
 
-def init_job(machine: Machine, zone: Zone, max_threads: int, library: str | None = None) -> MtJob:
+def init_job(machine: Machine, zone: Zone, max_threads: int, compiled: Compiled | None = None) -> MtJob:
     """The kernel's deferred-init job for a node's highest zone: from the first deferred pfn to
     the zone's end rounded up to a section, align = min_chunk = one section; the C kernel where
-    ``library`` is given, else numpy's.  ``retry=True``: a chunk rewrites whole sections and the
+    ``compiled`` is given, else numpy's.  ``retry=True``: a chunk rewrites whole sections and the
     splice comes after, so a re-run is safe."""
     start, end = zone.first_deferred_pfn, zone.end_pfn
     size = roundup(end, pg.PAGES_PER_SECTION) - start if end > start else 0
     return MtJob(
-        init_chunk if library is None else init_chunk_c,
-        zone_job(machine, zone, library),
+        init_chunk if compiled is None else init_chunk_c,
+        zone_job(machine, zone, compiled),
         start=start,
         size=size,
         align=pg.PAGES_PER_SECTION,
@@ -147,28 +145,22 @@ def splice_all(machine: Machine) -> None:
     machine.initialised = True
 
 
-def check_kernel(kernel: str) -> str | None:
-    """The library for ``kernel`` ("numpy": None; "c": built now); bad names are a BadValueError."""
-    require(kernel in KERNELS, f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
-    return c_kernel() if kernel == "c" else None
-
-
 class DeferredInitWork:
     """Deferred init as a NodeWork: one job per node's highest zone, the splice after it, with
-    ``kernel`` "numpy" or "c"."""
+    ``kernel`` one of mm.kernels.KERNELS."""
 
     bytes_per_page = pg.STRUCT_PAGE_SIZE
 
     def __init__(self, machine: Machine, kernel: str = "numpy"):
         self.machine = machine
-        self.library = check_kernel(kernel)
+        self.compiled = check_kernel(kernel)
         self.pages = sum(machine.deferred_count(z) for z, _, _ in machine.deferred_ranges())
 
     def begin(self, threads: dict[int, int]) -> dict[int, MtJob]:
         if self.machine.initialised:
             raise PadataError("deferred init has already run on this machine")
         return {
-            z.node: init_job(self.machine, z, threads[z.node], self.library)
+            z.node: init_job(self.machine, z, threads[z.node], self.compiled)
             for z, _, _ in self.machine.deferred_ranges()
         }
 
@@ -193,8 +185,9 @@ def deferred_init(
     of the engine node that hosts the simulated node (or ``threads``), helpers on that node.  The
     result's ``node_ms`` holds each node's time; ``elapsed_ms`` the whole, the kernel's figure.
     Logs "node %d deferred pages initialised in %ums" per node.  ``on_progress``: see run_work.
-    ``kernel``: "numpy" (the default) or "c", the C chunk kernel, which raises PadataError before
-    any work where it cannot be built.
+    ``kernel``: "numpy" (the default), "c" (the C chunk kernel, the kernel's cached stores) or
+    "c-stream" (the same words, non-temporal stores); a C kernel that cannot be built raises
+    PadataError before any work.
     """
     work = DeferredInitWork(machine, kernel)
     run = run_work(work, range(len(machine.nodes)), engine, threads, on_progress)

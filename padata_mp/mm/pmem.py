@@ -16,10 +16,12 @@ import numpy as np
 from ..checks import integer
 from ..errors import BadValueError, PadataError
 from ..job import MtJob
+from ..native import load
 from ..pool import Padata
 from ..ranges import ceil_div
 from ..shm import BlockOwner, SharedArray
 from . import pages as pg
+from .kernels import Compiled, Kernel, check_kernel
 from .runner import NodeRun, run_work
 from .sizes import parse_size
 from .verify import VERIFY_BLOCK, VerifyError, compare_words
@@ -36,6 +38,7 @@ class DeviceJob:
     pageblocks: SharedArray
     start_pfn: int
     node: int
+    compiled: Compiled | None = None  # the C kernel, for init_device_chunk_c
 
 
 def device_words(node: int) -> tuple[int, ...]:
@@ -46,23 +49,50 @@ def device_words(node: int) -> tuple[int, ...]:
     return (flags, PGMAP_ADDRESS, 0, 0, 0, 0, pg.INIT_COUNTS, 0)
 
 
+def _device_range(start: int, end: int, job: DeviceJob) -> tuple[int, int]:
+    """[start, end) as indices into the device's memmap; ValueError where it is not inside it."""
+    lo, hi = start - job.start_pfn, end - job.start_pfn
+    if not 0 <= lo <= hi <= len(job.memmap.array):
+        raise ValueError(
+            f"pfns [{start}, {end}) are outside the device's [{job.start_pfn}, "
+            f"{job.start_pfn + len(job.memmap.array)})"
+        )
+    return lo, hi
+
+
 def init_device_chunk(start: int, end: int, job: DeviceJob) -> None:
     """thread_fn: memmap_init_zone_device() for pfns [start, end).  Every page gets the same 64
     bytes, so this is one copy of a constant tile per tile: the store bandwidth bound of the jobs
     that write struct pages."""
-    lo, hi = start - job.start_pfn, end - job.start_pfn
+    lo, hi = _device_range(start, end, job)
     pg.fill_pages(job.memmap.array, lo, hi, device_words(job.node))
     job.pageblocks.array[lo // pg.PAGEBLOCK_NR_PAGES : ceil_div(hi, pg.PAGEBLOCK_NR_PAGES)] = (
         pg.MIGRATE_MOVABLE
     )
 
 
+def init_device_chunk_c(start: int, end: int, job: DeviceJob) -> None:
+    """init_device_chunk in C: the same words, by ``job.compiled`` (plain or streaming stores)."""
+    lo, hi = _device_range(start, end, job)
+    assert job.compiled is not None
+    words = np.array(device_words(job.node), np.uint64)
+    error = load(job.compiled.library).padata_device_chunk(
+        job.memmap.array.ctypes.data,
+        len(job.memmap.array),
+        job.pageblocks.array.ctypes.data,
+        lo,
+        hi,
+        words.ctypes.data,
+        job.compiled.stream,
+    )
+    if error:
+        raise OSError(-error, f"the C kernel ({job.compiled.library}) failed on [{start}, {end})")
+
+
 class DeviceMemory(BlockOwner):
     """A pmem device of ``size`` bytes at ``start_pfn`` on ``node``, with its memmap (one struct
-    page per 4 KiB) in shared memory, poisoned until initialised.  A NodeWork: run it with
-    ``memmap_init_zone_device``.  Use it as a context manager; the memory is unlinked on exit."""
-
-    bytes_per_page = pg.STRUCT_PAGE_SIZE
+    page per 4 KiB) in shared memory, poisoned until initialised: run ``memmap_init_zone_device``
+    on it.  Use it as a context manager; the memory is unlinked on exit."""
 
     def __init__(self, size: str | int, node: int = 0, start_pfn: int = DEFAULT_START_PFN):
         node, start_pfn = integer("node", node, 0), integer("start_pfn", start_pfn, 0)
@@ -97,24 +127,6 @@ class DeviceMemory(BlockOwner):
         self._pageblocks.array.fill(pg.POISON)
         self.initialised = False
 
-    def begin(self, threads: dict[int, int]) -> dict[int, MtJob]:
-        if self.initialised:
-            raise PadataError("this device's struct pages are already initialised")
-        job = MtJob(
-            init_device_chunk,
-            DeviceJob(self._memmap, self._pageblocks, self.start_pfn, self.node),
-            start=self.start_pfn,
-            size=self.pages,
-            align=pg.PAGES_PER_SECTION,
-            min_chunk=pg.PAGES_PER_SECTION,
-            max_threads=threads[self.node],
-            retry=True,  # every call rewrites its whole range
-        )
-        return {self.node: job}
-
-    def end(self, node: int) -> None:
-        self.initialised = True
-
     def verify(self) -> int:
         """Prove every device struct page and pageblock is as memmap_init_zone_device leaves it;
         raise VerifyError naming the first bad pfn.  Returns the pages proven."""
@@ -130,9 +142,46 @@ class DeviceMemory(BlockOwner):
         return self.pages
 
 
+class DeviceInitWork:
+    """memmap_init_zone_device as a NodeWork: one job over the device, with ``kernel`` one of
+    mm.kernels.KERNELS."""
+
+    bytes_per_page = pg.STRUCT_PAGE_SIZE
+
+    def __init__(self, device: DeviceMemory, kernel: str = "numpy"):
+        self.device = device
+        self.compiled = check_kernel(kernel)
+        self.pages = device.pages
+
+    def begin(self, threads: dict[int, int]) -> dict[int, MtJob]:
+        d = self.device
+        if d.initialised:
+            raise PadataError("this device's struct pages are already initialised")
+        memmap, pageblocks = d.shared_arrays
+        job = MtJob(
+            init_device_chunk if self.compiled is None else init_device_chunk_c,
+            DeviceJob(memmap, pageblocks, d.start_pfn, d.node, self.compiled),
+            start=d.start_pfn,
+            size=d.pages,
+            align=pg.PAGES_PER_SECTION,
+            min_chunk=pg.PAGES_PER_SECTION,
+            max_threads=threads[d.node],
+            retry=True,  # every call rewrites its whole range
+        )
+        return {d.node: job}
+
+    def end(self, node: int) -> None:
+        self.device.initialised = True
+
+    def verify(self) -> int:
+        return self.device.verify()
+
+
 def memmap_init_zone_device(
-    device: DeviceMemory, engine: Padata | None = None, threads: int | None = None
+    device: DeviceMemory, engine: Padata | None = None, threads: int | None = None, kernel: Kernel = "numpy"
 ) -> NodeRun:
     """Initialise the device's struct pages in parallel: one job, section-aligned chunks, helpers
-    on the engine node hosting the device's node (``threads`` of them at most, default its CPUs)."""
-    return run_work(device, [device.node], engine, threads)
+    on the engine node hosting the device's node (``threads`` of them at most, default its CPUs).
+    ``kernel``: "numpy" (the default), "c" or "c-stream" (non-temporal stores, the series' own
+    approach); a C kernel that cannot be built raises PadataError before any work."""
+    return run_work(DeviceInitWork(device, kernel), [device.node], engine, threads)

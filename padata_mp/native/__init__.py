@@ -1,10 +1,14 @@
 """The C code shipped with the package (``deferred_init.c``), compiled on first use.
 
-One source, built two ways: a shared library (the C chunk kernel of deferred init, and the store
-ceiling) loaded with ctypes, and the native reference program.  Each is compiled once per version
-of the source into the user's cache (``$XDG_CACHE_HOME/padata_mp``, else ``~/.cache/padata_mp``),
-with an atomic rename, so runs at once are safe.  Nothing here is needed by the engine: without a
-compiler, what needs it is skipped and says why.
+One source, built two ways: a shared library (the C chunk kernels of deferred init and pmem init,
+and the store ceiling) loaded with ctypes, and the native reference program.  Each is compiled
+into the user's cache (``$XDG_CACHE_HOME/padata_mp``, else ``~/.cache/padata_mp``) under a name
+keyed on everything that makes the file: the source, the compiler (its path, version and target)
+and the flags.  A build is checked before it is renamed into place (atomically, so runs at once are
+safe): it must load and pass its self-test, in a child process, so a broken file can never crash
+this one.  A cached file is checked the same way once per process; one that fails is built again
+once, then reported.  Nothing here is needed by the engine: without a compiler, what needs it is
+skipped and says why.
 """
 
 from __future__ import annotations
@@ -15,17 +19,24 @@ import hashlib
 import importlib.resources
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 SOURCE = "deferred_init.c"
+FLAGS = ["-O2", "-pthread"]
 # What each build adds to the compiler's command line, and how the built file is named.
 BUILDS = {
     "library": (["-shared", "-fPIC"], ".so"),
     "program": (["-DDEFERRED_INIT_MAIN"], ""),
 }
+BUILD_TIMEOUT_S = 120.0  # a compiler that hangs is killed, with its children, after this
+CHECK_TIMEOUT_S = 30.0  # loading a build and running its self-test
+# The library's self-test, run where a crash cannot reach the caller.
+_LIBRARY_CHECK = "import ctypes, sys; sys.exit(ctypes.CDLL(sys.argv[1]).padata_self_test() and 3)"
 
 
 @dataclass(frozen=True)
@@ -43,43 +54,97 @@ def compiler() -> str | None:
 
 @functools.cache
 def build(kind: str) -> Built:
-    """The ``kind`` ("library" or "program") of the shipped source, compiled once per version of
-    the source (its hash names the file) and reused after; a failed build is tried once per
-    process and says why."""
-    flags, suffix = BUILDS[kind]
-    code = importlib.resources.files(__name__).joinpath(SOURCE).read_bytes()
+    """The ``kind`` ("library" or "program") of the shipped source, from the cache when a sound
+    one is there, else compiled now; a failed build is tried once per process and says why."""
     cc = compiler()
     if cc is None:
         return Built(None, "no C compiler (set CC, or install gcc)")
+    flags, suffix = BUILDS[kind]
+    code = importlib.resources.files(__name__).joinpath(SOURCE).read_bytes()
+    try:
+        identity = _identity(cc)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return Built(None, f"{cc} does not run: {exc}")
+    key = hashlib.sha256(b"\0".join([code, identity, " ".join(FLAGS + flags).encode()])).hexdigest()[:16]
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "padata_mp"
-    target = cache / f"{Path(SOURCE).stem}-{kind}-{hashlib.sha256(code).hexdigest()[:16]}{suffix}"
-    if target.exists():
+    target = cache / f"{Path(SOURCE).stem}-{kind}-{key}{suffix}"
+    if target.exists() and not _check(kind, target):
         return Built(target)
     try:
         cache.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cache) as work:
             source, out = Path(work) / SOURCE, Path(work) / f"out{suffix}"
             source.write_bytes(code)
-            made = subprocess.run(
-                [cc, "-O2", "-pthread", *flags, "-o", str(out), str(source)], capture_output=True, text=True
-            )
-            if made.returncode != 0:
-                why = (made.stderr.strip().splitlines() or [f"exit status {made.returncode}"])[-1]
-                return Built(None, f"{cc} failed: {why}")
-            os.replace(out, target)
+            why = _compile([cc, *FLAGS, *flags, "-o", str(out), str(source)]) or _check(kind, out)
+            if why:
+                return Built(None, f"{cc} {why}")
+            os.replace(out, target)  # over a cached file that failed its check, if there was one
     except OSError as exc:
         return Built(None, f"cannot build in {cache}: {exc.strerror or exc}")
     return Built(target)
+
+
+def _identity(cc: str) -> bytes:
+    """What names the compiler's output: its real path, its version and its target."""
+    lines = [os.path.realpath(cc).encode()]
+    for option in ("--version", "-dumpmachine"):
+        ran = subprocess.run([cc, option], capture_output=True, timeout=CHECK_TIMEOUT_S)
+        lines.append(ran.stdout)
+    return b"\n".join(lines)
+
+
+def _compile(command: list[str]) -> str:
+    """Run the compiler in its own process group, bounded: why it failed, empty when it did not.  On a
+    timeout or an interrupt (Ctrl-C, SIGTERM) the whole group is killed, so nothing is left."""
+    with subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as made:
+        try:
+            _, err = made.communicate(timeout=BUILD_TIMEOUT_S)
+        except BaseException as exc:
+            os.killpg(made.pid, signal.SIGKILL)
+            made.wait()
+            if isinstance(exc, subprocess.TimeoutExpired):
+                return f"took over {BUILD_TIMEOUT_S:g} s and was stopped"
+            raise
+    if made.returncode != 0:
+        return "failed: " + (err.strip().splitlines() or [f"exit status {made.returncode}"])[-1]
+    return ""
+
+
+def _check(kind: str, path: Path) -> str:
+    """Why the built file is unsound; empty when it loads and passes its self-test (run in a
+    child process)."""
+    command = (
+        [str(path), "--self-test"] if kind == "program" else [sys.executable, "-c", _LIBRARY_CHECK, str(path)]
+    )
+    try:
+        ran = subprocess.run(command, capture_output=True, text=True, timeout=CHECK_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"built a {kind} that fails its self-test: {exc}"
+    if ran.returncode != 0:
+        said = (ran.stderr.strip().splitlines() or [f"exit status {ran.returncode}"])[-1]
+        return f"built a {kind} that fails its self-test: {said}"
+    return ""
 
 
 @functools.cache
 def load(path: str) -> ctypes.CDLL:
     """The built library at ``path``, its functions typed; loaded once per process."""
     lib = ctypes.CDLL(path)
-    p, long, u64 = ctypes.c_void_p, ctypes.c_long, ctypes.c_uint64
-    lib.padata_init_chunk.argtypes = [p, p, p, long, long, long, u64, p, long]
-    lib.padata_init_chunk.restype = ctypes.c_int
-    lib.padata_store_best_ns.argtypes = [p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    p, long, u64, i = ctypes.c_void_p, ctypes.c_long, ctypes.c_uint64, ctypes.c_int
+    lib.padata_init_chunk.argtypes = [p, long, p, p, long, long, long, u64, p, long, i]
+    lib.padata_init_chunk.restype = i
+    lib.padata_device_chunk.argtypes = [p, long, p, long, long, p, i]
+    lib.padata_device_chunk.restype = i
+    lib.padata_store_best_ns.argtypes = [p, ctypes.c_size_t, i, i, i]
     lib.padata_store_best_ns.restype = u64
-    lib.padata_has_nontemporal.restype = ctypes.c_int
+    lib.padata_has_nontemporal.restype = i
+    lib.padata_stream_width.restype = i
     return lib
+
+
+def stream_width(path: str) -> int:
+    """The bytes of each non-temporal store the library at ``path`` uses on this CPU (64, 32 or
+    8); 0 where the CPU has none, and the streaming kernels store plainly."""
+    return int(load(path).padata_stream_width())
