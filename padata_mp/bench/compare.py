@@ -101,8 +101,8 @@ def report(comparison: Comparison, fail_above: float | None = None, kinds: tuple
     """The comparison as a table, a verdict per line, then what only one file has, each file's
     warnings and what the gate judged."""
     lines = [
-        "  configuration                  |  A time_ms |  B time_ms | B / A [95% interval]  | verdict",
-        "  ------------------------------ | ---------- | ---------- | --------------------- | -------",
+        f"  {'configuration':36} |  A time_ms |  B time_ms | B / A [95% interval]  | verdict",
+        f"  {'-' * 36} | ---------- | ---------- | --------------------- | -------",
     ]
     for c in comparison.changes:
         verdict = c.verdict
@@ -110,7 +110,7 @@ def report(comparison: Comparison, fail_above: float | None = None, kinds: tuple
             verdict += f" (past {fail_above:g}%)"
         lo, hi = c.ratio.ci95
         lines.append(
-            f"  {c.name:30} | {c.a_ms:10.1f} | {c.b_ms:10.1f} | "
+            f"  {c.name:36} | {c.a_ms:10.1f} | {c.b_ms:10.1f} | "
             f"{c.ratio.value:5.3f} [{lo:5.3f}, {hi:5.3f}] | {verdict}"
         )
     for name, only in (("A", comparison.only_in_a), ("B", comparison.only_in_b)):
