@@ -1,11 +1,14 @@
 """The workers as the coordinator keeps them, and the one thread that waits on them all (the data
 flow is pool.py's diagram).
 
-As in CPython's concurrent/futures/process.py, one manager thread alone waits on every worker's
-pipe and process sentinel; it is never interrupted (Ctrl-C reaches the main thread only), so no
-message is ever half read.  What it sees becomes an event for the worker's owner - the running
-job or the exchange it is lent to: ``owner.deliver(helper, message)`` for a reply,
-``owner.deliver(helper, None)`` for a death, after the worker's last words.  An idle worker's
+As in CPython's concurrent/futures/process.py, one manager thread waits on every worker's process
+sentinel and on every pipe nobody else reads; it is never interrupted (Ctrl-C reaches the main
+thread only), so no message is ever half read.  What it sees becomes an event for the worker's
+owner - the running job or the exchange it is lent to: ``owner.deliver(helper, message)`` for a
+reply, ``owner.deliver(helper, None)`` for a death, after the worker's last words.  A running
+job's caller reads its own helpers' replies while it waits (``owner_reads``, ``Helper.take``):
+one thread hand-off fewer a job; a worker's ``reading`` lock makes sure one thread at a time reads
+its pipe, and deaths are still the manager's to see.  An idle worker's
 death, or a dead one given back, is replaced: started in a thread of its own, outside any lock,
 and in service once it says Ready (within START_TIMEOUT_S, or killed with a warning).  An
 exchange's worker that has not answered by its deadline is killed, a warning says so.
@@ -23,6 +26,7 @@ import select
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -64,6 +68,11 @@ class Helper:
     said_all: bool = False  # its pipe reached its end
     replacing: bool = False  # dead, and a new worker is being started in its place
     overdue: bool = False  # ... for longer than a start may take (said once)
+    # Leader/follower: while its owner waits for its reply, the owner reads its pipe itself, and
+    # the manager only its sentinel; ``reading`` is held by whichever thread reads the pipe.
+    owner_reads: bool = False
+    reading: threading.Lock = field(default_factory=threading.Lock)
+    pipe_returned: Callable[[], None] = lambda: None  # tells the manager to read the pipe again
 
     def send(self, message: object, pickled: bool = False) -> bool:
         """False if the worker is gone (its pipe is broken or already closed).  ``pickled``: the
@@ -76,6 +85,22 @@ class Helper:
         except (OSError, ValueError):
             return False
         return True
+
+    def take(self) -> object | None:
+        """For an owner that reads this worker's pipe: its next message, or None where there is
+        none to take - none has come, or the pipe went back to the manager: it reached its end (the
+        manager sees the death) or its message did not load (the worker is killed)."""
+        with self.reading:
+            if not self.owner_reads:
+                return None
+            what, message = _read(self)
+            if what in ("message", "none"):
+                return message
+            self.owner_reads = False
+        if what == "unreadable":
+            _distrust(self, message)
+        self.pipe_returned()
+        return None
 
     def kill(self) -> None:
         """SIGKILL: from the moment this returns it runs no more of its code.  The manager sees
@@ -157,12 +182,17 @@ class Manager:
             if w.owner is None and w.state == READY and not w.doomed and (node is None or w.node == node)
         ]
 
-    def lend(self, helpers: list[Helper], owner: Owner, patience: float | None = None) -> None:
+    def lend(
+        self, helpers: list[Helper], owner: Owner, patience: float | None = None, owner_reads: bool = False
+    ) -> None:
         """``helpers`` (idle) now belong to ``owner``, each to answer within ``patience`` s (None:
-        no bound, a chunk takes as long as it takes); call with ``lock`` held."""
+        no bound, a chunk takes as long as it takes); call with ``lock`` held.  ``owner_reads``:
+        the owner reads their replies itself (``take``) until it gives them back, sparing a reply
+        the hand-off through this thread; the manager still watches for their deaths."""
         deadline = None if patience is None else time.monotonic() + patience
         for w in helpers:
             w.owner, w.deadline, w.patience = owner, deadline, patience or 0.0
+            w.owner_reads = owner_reads
 
     def give_back(self, helpers: list[Helper]) -> None:
         """Helpers an owner is done with: idle again, after unmapping blocks unlinked meanwhile; the
@@ -172,10 +202,23 @@ class Manager:
             for w in helpers:  # those detaching stay lent until their exchange takes them
                 w.owner, w.deadline = _HANDED_OVER if w in detaching else None, None
             lost = any(w.state == DEAD or w.doomed for w in helpers)
+        for w in helpers:
+            self.read_pipe_again(w)
         for w in detaching:
             Exchange(self, Detach(w.pending_detach.pop(0)), self.reply_timeout, helpers=[w])
         if lost:
             self.wake()  # to replace them
+
+    def read_pipe_again(self, w: Helper) -> None:
+        """The manager reads ``w``'s pipe again (its owner is done reading it) from its next
+        wake-up on."""
+        with w.reading:
+            w.owner_reads = False
+        self._changed = True
+
+    def _pipe_returned(self) -> None:
+        self._changed = True
+        self.wake()
 
     def wake(self) -> None:
         with contextlib.suppress(OSError):  # closed: the manager is gone
@@ -197,7 +240,8 @@ class Manager:
                 if self._closing and not live:
                     return
                 watched = {w.process.sentinel: (w, False) for w in live}
-                watched.update((w.conn.fileno(), (w, True)) for w in live if not w.said_all)
+                pipes = [w for w in live if not (w.said_all or w.owner_reads)]
+                watched.update((w.conn.fileno(), (w, True)) for w in pipes)
                 poller = select.poll()
                 for fd in [self._wake_r, *watched]:
                     poller.register(fd, select.POLLIN)
@@ -221,34 +265,33 @@ class Manager:
                 self._replace_the_dead()
 
     def _receive(self, w: Helper) -> None:
-        try:
-            message = w.conn.recv()
-        except (EOFError, OSError):
+        with w.reading:
+            if w.owner_reads:  # its owner reads it now: watched again once it is given back
+                self._changed = True
+                return
+            what, message = _read(w)
+        self._act(w, what, message)
+
+    def _act(self, w: Helper, what: str, message: object) -> None:
+        if what == "end":
             # Its pipe closes when it exits: dead, even where the news of its exit waits on a
             # stopped forkserver (which reaps it and writes its sentinel).
             w.said_all = self._changed = True
             self._bury(w)
-            return
-        except Exception as exc:  # a message that does not load: not to be trusted
+        elif what == "unreadable":
             w.said_all = self._changed = True
-            warnings.warn(
-                f"padata_mp: worker {w.wid} sent what cannot be read ({exc}); killed",
-                RuntimeWarning,
-                stacklevel=1,
-            )
-            w.kill()
-            return
-        if w.state == STARTING:
+            _distrust(w, message)
+        elif what == "message" and w.state == STARTING:
             if isinstance(message, Ready):
                 w.state = READY
                 self._started.put(w)
-            return
-        owner = w.owner
-        if owner is not None:
-            owner.deliver(w, message)
+        elif what == "message" and w.owner is not None:
+            w.owner.deliver(w, message)
 
     def _bury(self, w: Helper) -> None:
         """``w`` exited: its last words first, then its death, to its owner."""
+        with w.reading:  # the pipe is the manager's again: it reads the last words
+            w.owner_reads = False
         while not w.said_all and w.conn.poll(0):
             self._receive(w)
         if w.state == DEAD:  # its last words were the end of its pipe
@@ -335,15 +378,19 @@ class Manager:
             raise
         finally:
             theirs.close()
-        return Helper(wid, node, process, ours)
+        return Helper(wid, node, process, ours, pipe_returned=self._pipe_returned)
 
     def _await_starts(self) -> None:
         deadline = time.monotonic() + self._start_timeout
         waiting = set(self.workers)
         while waiting:
             try:
-                w = self._started.get(timeout=max(0.01, deadline - time.monotonic()))
+                # In ticks: a Ctrl-C that the kernel hands to another thread interrupts no wait
+                # here, and its handler runs only when this thread next wakes.
+                w = self._started.get(timeout=TICK_S)
             except queue.Empty:
+                if time.monotonic() < deadline:
+                    continue
                 w = next(iter(waiting))
                 raise PadataError(
                     f"worker {w.wid} did not start within {self._start_timeout:.0f} s"
@@ -390,6 +437,27 @@ class Manager:
             self._changed = True
             self.wake()
             self._thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _distrust(w: Helper, error: object) -> None:
+    """A message that does not load: the worker is not to be trusted."""
+    warnings.warn(
+        f"padata_mp: worker {w.wid} sent what cannot be read ({error}); killed", RuntimeWarning, stacklevel=1
+    )
+    w.kill()
+
+
+def _read(w: Helper) -> tuple[str, object]:
+    """The next message on ``w``'s pipe, by the thread holding ``w.reading``: ("message", m),
+    ("none", None) when none has come, ("end", None) at the pipe's end, ("unreadable", error)."""
+    try:
+        if not w.conn.poll(0):
+            return "none", None
+        return "message", w.conn.recv()
+    except (EOFError, OSError):
+        return "end", None
+    except Exception as exc:
+        return "unreadable", exc
 
 
 class Exchange:

@@ -8,8 +8,9 @@ worker processes.  The engine's one data-flow diagram, by the process and thread
     RunningJob.run (running.py) ── RunJob, pickled once ──► helpers: worker_main ─► claim_chunks
       │ the caller claims too: claim_chunks (worker.py) ──► cursor[slot] ◄── every claimant
       │                                                                      │ JobDone, or death
-      │        the manager thread (manager.py) alone waits on every pipe and sentinel
-      ◄── deliver(helper, reply | None) ───────────────────────────────────┘
+      ◄── JobDone: the caller reads its helpers' pipes itself while it waits ┤
+      │        the manager thread (manager.py) waits on every sentinel and every other pipe
+      ◄── deliver(helper, None): a death, after its last words ─────────────┘
       │ the verdict, once every helper has replied or died; what helpers that died holding
       │ nothing left unclaimed, the caller's side claims itself
       ▼
@@ -296,7 +297,7 @@ class Padata:
             running = RunningJob(
                 job, payload, helpers, slot, generation, span, chunk, caller_works, self.reply_timeout
             )
-            self._manager.lend(helpers, running)
+            self._manager.lend(helpers, running, owner_reads=True)
             for index in [w.wid for w in helpers] + [slot.caller_index]:
                 slot.claims.clear(index)
             self._running.add(running)

@@ -11,9 +11,11 @@ and the cursor, and is the same for every order in which they came.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import pickle
-import queue
+import select
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -27,7 +29,7 @@ from .interrupts import Gate, gate
 from .job import MtJob
 from .manager import Helper
 from .ranges import Ranges, merge_ranges
-from .worker import ChunkFailure, ErrorReturn, JobDone, RunJob, Slot, check_result, claim_chunks, stop
+from .worker import ChunkFailure, Cursor, ErrorReturn, JobDone, RunJob, Slot, check_result, claim_chunks, stop
 
 LOGGER = logging.getLogger(__name__)
 CALLER = -1  # worker id of the job's caller in reports
@@ -164,9 +166,15 @@ class JobFuture(Future):
     def result(self, timeout: float | None = None) -> JobReport:
         """The JobReport, once the job is done (``timeout``: as concurrent.futures'), or its error.
         Ctrl-C while waiting here stops the job, as do_multithreaded would, before it propagates."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with gate() as g:
             try:
-                return super().result(timeout)
+                # In ticks: a Ctrl-C that the kernel hands to another thread interrupts no wait
+                # here, and its handler runs only when this thread next wakes.
+                while not self.done() and (deadline is None or time.monotonic() < deadline):
+                    left = CHECK_S if deadline is None else deadline - time.monotonic()
+                    wait([self], max(0.0, min(CHECK_S, left)))
+                return super().result(0)  # TimeoutError if it is not done yet
             except KeyboardInterrupt:
                 with g.raised():
                     stop_all([self])
@@ -223,13 +231,21 @@ class RunningJob:
         self.dead: dict[int, Helper] = {}  # died, or were killed, before they replied
         self.closed = False  # the engine closed under it
         self.cancelled = False  # its future's cancel()
-        self._wake = queue.SimpleQueue[None]()
+        # Wakes the caller in _collect when the manager delivers; open only while run() runs.
+        self._wake_lock = threading.Lock()
+        self._wake_r, self._wake_w = -1, -1
         self._deaths_seen = 0  # deaths looked at for a lock left taken
 
     # -- the manager thread's part --------------------------------------------------------------
 
     def deliver(self, helper: Helper, message: object | None) -> None:
         """A helper's reply, or (None) its death; a death while holding a chunk stops the job."""
+        self._record(helper, message)
+        with self._wake_lock:
+            if self._wake_w >= 0:
+                os.write(self._wake_w, b"x")
+
+    def _record(self, helper: Helper, message: object | None) -> None:
         if message is None:
             if helper.wid not in self.replies:
                 self.dead[helper.wid] = helper
@@ -239,7 +255,6 @@ class RunningJob:
             self.replies[helper.wid] = message
         else:  # not this job's: a worker that speaks out of turn is not to be trusted
             helper.kill()
-        self._wake.put(None)
 
     # -- the caller's part --------------------------------------------------------------------
 
@@ -250,6 +265,17 @@ class RunningJob:
         c = self.slot.cursor.get_obj()
         c.start, c.size, c.chunk_size = self.start, self.end - self.start, self.claim_size
         c.generation, c.first_failed = self.generation, 0
+        with gate.raised():
+            self._wake_r, self._wake_w = os.pipe()
+        try:
+            self._run(gate, c)
+        finally:
+            with gate.raised(), self._wake_lock:
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+                self._wake_r, self._wake_w = -1, -1
+
+    def _run(self, gate: Gate, c: Cursor) -> None:
         try:
             with gate.raised():  # a message cut in half would leave a helper reading forever
                 self._send()
@@ -299,21 +325,37 @@ class RunningJob:
     def _collect(self, gate: Gate, drain: float | None = None) -> None:
         """Wait until each helper has replied or died.  Unbounded while helpers work (a chunk
         takes as long as it takes), except that a helper holding nothing of a job with nothing left
-        to claim gets ``reply_timeout`` s to answer; with ``drain``, everyone gets that long."""
+        to claim gets ``reply_timeout`` s to answer; with ``drain``, everyone gets that long.
+
+        The caller reads its helpers' replies itself (leader/follower: one hand-off fewer than
+        through the manager thread), and wakes for what the manager delivers: deaths, and replies
+        of helpers whose pipe went back to it."""
         deadline = None if drain is None else time.monotonic() + drain
         quiet_since: dict[int, float] = {}
+        poller, by_fd = select.poll(), None
         while waiting := [h for h in self.helpers if h.wid not in self.replies and h.wid not in self.dead]:
             if deadline is not None and time.monotonic() >= deadline:
                 for h in waiting:  # ignored the stop: killed, so nothing of the job runs on
                     h.kill()
                     self.dead[h.wid] = h
                 return
+            reading = _pipes(h for h in waiting if h.owner_reads)
+            if by_fd is None or reading.keys() != by_fd.keys():
+                poller, by_fd = select.poll(), reading
+                for fd in [self._wake_r, *by_fd]:
+                    poller.register(fd, select.POLLIN)
             left = CHECK_S if deadline is None else min(CHECK_S, deadline - time.monotonic())
-            try:
-                self._wake.get(timeout=max(0.0, left))
-            except queue.Empty:
-                if deadline is None:
-                    self._kill_the_unresponsive(waiting, quiet_since)
+            ready = poller.poll(max(0.0, left) * 1000)
+            if not ready and deadline is None:
+                self._kill_the_unresponsive(waiting, quiet_since)
+            for fd, _ in ready:
+                if fd == self._wake_r:
+                    os.read(self._wake_r, 4096)
+                    continue
+                with gate.raised():  # a message cut in half would be lost to both readers
+                    message = by_fd[fd].take()
+                if message is not None:
+                    self._record(by_fd[fd], message)
             if deadline is None:
                 self._unstick(gate)
 
@@ -415,6 +457,15 @@ class RunningJob:
         if first < 0:
             return None
         return CALLER if first == self.slot.caller_index else first
+
+
+def _pipes(helpers: Iterable[Helper]) -> dict[int, Helper]:
+    """The pipes of ``helpers`` by file descriptor, less any closed meanwhile (a death)."""
+    pipes = {}
+    for h in helpers:
+        with contextlib.suppress(OSError, ValueError):
+            pipes[h.conn.fileno()] = h
+    return pipes
 
 
 def job_failed(wid: int, failed: dict[int, ChunkFailure], not_done: Ranges) -> JobFailedError:

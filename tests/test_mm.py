@@ -260,15 +260,17 @@ def test_bad_input(two_node_engine):
 
 def test_a_helper_killed_during_init_costs_time_not_pages():
     import os
+    import random
     import signal
     import threading
 
     with Padata(2) as e, Machine.create("64G", 1) as m:
         e.attach(*m.shared_arrays)
         result = None
-        for _ in range(10):  # until the kill lands while the helper holds a chunk
+        rng = random.Random(3)
+        for _ in range(40):  # until the kill lands while the helper holds a chunk
             m.reset()
-            killer = threading.Timer(0.03, os.kill, (e.workers[0][1], signal.SIGKILL))
+            killer = threading.Timer(rng.uniform(0.01, 0.1), os.kill, (e.workers[0][1], signal.SIGKILL))
             killer.start()
             result = deferred_init(m, e, threads=2)
             killer.join()
