@@ -26,6 +26,7 @@ import select
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -378,7 +379,10 @@ class Manager:
             raise
         finally:
             theirs.close()
-        return Helper(wid, node, process, ours, pipe_returned=self._pipe_returned)
+        # Weakly: a worker that held its manager would make a cycle, and the processes' sentinels
+        # (file descriptors) of a closed engine would wait for the cyclic collector.
+        manager = weakref.WeakMethod(self._pipe_returned)
+        return Helper(wid, node, process, ours, pipe_returned=lambda: (told := manager()) and told())
 
     def _await_starts(self) -> None:
         deadline = time.monotonic() + self._start_timeout
