@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .errors import PadataError
-from .interrupts import deferred_interrupts
 from .topology import Topology
 from .worker import Detach, Exit, Ready, worker_main
 
@@ -87,21 +86,23 @@ class Helper:
             return False
         return True
 
-    def take(self) -> object | None:
-        """For an owner that reads this worker's pipe: its next message, or None where there is
-        none to take - none has come, or the pipe went back to the manager: it reached its end (the
-        manager sees the death) or its message did not load (the worker is killed)."""
+    def take(self, into: Callable[[Helper, object], None]) -> None:
+        """For an owner that reads this worker's pipe: its next message, if one has come, handed
+        to ``into`` before any other thread may read the pipe, so a death the manager sees after
+        it is told after it too.  At the pipe's end (the manager sees the death) or for a message
+        that does not load (the worker is killed), the pipe goes back to the manager."""
         with self.reading:
             if not self.owner_reads:
-                return None
+                return
             what, message = _read(self)
+            if what == "message":
+                into(self, message)
             if what in ("message", "none"):
-                return message
+                return
             self.owner_reads = False
         if what == "unreadable":
             _distrust(self, message)
         self.pipe_returned()
-        return None
 
     def kill(self) -> None:
         """SIGKILL: from the moment this returns it runs no more of its code.  The manager sees
@@ -158,17 +159,17 @@ class Manager:
         self._over = False  # closed: a replacement that starts now is stopped at once
         self._changed = True  # the workers to watch changed
         self._next_try: dict[int, float] = {}  # wid -> when a failed replacement may be tried again
-        self._started = queue.SimpleQueue[Helper]()  # starts and deaths while starting, for __init__
+        # Starts, deaths while starting and failed starts, for __init__.
+        self._started = queue.SimpleQueue[Helper | Exception]()
         self.workers: list[Helper] = []
         self._thread = threading.Thread(target=self._run, name="padata-manager", daemon=True)
         try:
-            for wid, node in enumerate(nodes):
-                # Ctrl-C waits while a process starts: one that exists but is not listed would
-                # live on, out of the closing's reach.
-                with deferred_interrupts():
-                    self.workers.append(self._spawn(wid, node))
             self._thread.start()
-            self._await_starts()
+            # The first workers start in a thread of their own, as replacements do: a start that
+            # hangs (a forkserver stopped, or caught by a Ctrl-C to the whole process group) holds
+            # up no one, and no Ctrl-C can leave a started process off the list.
+            threading.Thread(target=self._start_all, args=(nodes,), name="padata-start", daemon=True).start()
+            self._await_starts(len(nodes))
         except BaseException:
             self.close(0.0)
             raise
@@ -357,16 +358,32 @@ class Manager:
                 f"padata_mp: worker {dead.wid} could not be replaced ({exc})", RuntimeWarning, stacklevel=1
             )
             return
+        self._list(new)
+
+    def _start_all(self, nodes: list[int]) -> None:
+        for wid, node in enumerate(nodes):
+            try:
+                new = self._spawn(wid, node)
+            except Exception as exc:  # the forkserver is gone, no memory...: __init__ says so
+                self._started.put(exc)
+                return
+            if not self._list(new):
+                return
+
+    def _list(self, new: Helper) -> bool:
+        """Put a started worker on the list, in its id's place; False (and it is killed) where the
+        engine is closed already."""
         with self.lock:  # closing or not: the closing kills whatever is on the list, until it is over
             if not self._over:
-                self.workers[dead.wid] = new
+                self.workers[new.wid : new.wid + 1] = [new]
         if self._over:
             new.kill()
             new.process.join(KILL_WAIT_S)
             new.conn.close()
-            return
+            return False
         self._changed = True
         self.wake()
+        return True
 
     def _spawn(self, wid: int, node: int) -> Helper:
         ours, theirs = self._ctx.Pipe()
@@ -384,24 +401,24 @@ class Manager:
         manager = weakref.WeakMethod(self._pipe_returned)
         return Helper(wid, node, process, ours, pipe_returned=lambda: (told := manager()) and told())
 
-    def _await_starts(self) -> None:
+    def _await_starts(self, count: int) -> None:
         deadline = time.monotonic() + self._start_timeout
-        waiting = set(self.workers)
-        while waiting:
+        while count:
             try:
                 # In ticks: a Ctrl-C that the kernel hands to another thread interrupts no wait
                 # here, and its handler runs only when this thread next wakes.
-                w = self._started.get(timeout=TICK_S)
+                started = self._started.get(timeout=TICK_S)
             except queue.Empty:
                 if time.monotonic() < deadline:
                     continue
-                w = next(iter(waiting))
                 raise PadataError(
-                    f"worker {w.wid} did not start within {self._start_timeout:.0f} s"
+                    f"{count} worker(s) did not start within {self._start_timeout:.0f} s"
                 ) from None
-            if w.state == DEAD:
-                raise PadataError(f"worker {w.wid} died while starting ({w.how_it_died()})")
-            waiting.discard(w)
+            if isinstance(started, Exception):
+                raise PadataError(f"a worker could not be started: {started}")
+            if started.state == DEAD:
+                raise PadataError(f"worker {started.wid} died while starting ({started.how_it_died()})")
+            count -= 1
 
     # -- the end ------------------------------------------------------------------------------
 

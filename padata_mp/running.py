@@ -1,12 +1,13 @@
 """A running job: one object owns all a job is while it runs, as the kernel's padata_mt_job_state
 (the data flow is pool.py's diagram).
 
-It arms the slot's cursor, sends each helper the job, claims with them, and records what the
-manager thread delivers: each helper's reply or death (a death while holding a chunk stops the job
-at once).  A job is over only when every helper it was given has replied or is dead (or killed:
-from then on it runs nothing), so no helper of it can touch memory after the call returns, and a
-slot is reused only then.  The verdict is computed once, from the replies, the deaths, the claims
-and the cursor, and is the same for every order in which they came.
+It arms the slot's cursor, sends each helper the job, claims with them, and records each
+helper's reply (read from its pipe by the caller itself while it waits) or death (delivered by
+the manager thread; a death while holding a chunk stops the job at once).  A job is over only
+when every helper it was given has replied or is dead (or killed: from then on it runs nothing),
+so no helper of it can touch memory after the call returns, and a slot is reused only then.  The
+verdict is computed once, from the replies, the deaths, the claims and the cursor, and is the
+same for every order in which they came.
 """
 
 from __future__ import annotations
@@ -353,9 +354,7 @@ class RunningJob:
                     os.read(self._wake_r, 4096)
                     continue
                 with gate.raised():  # a message cut in half would be lost to both readers
-                    message = by_fd[fd].take()
-                if message is not None:
-                    self._record(by_fd[fd], message)
+                    by_fd[fd].take(self._record)
             if deadline is None:
                 self._unstick(gate)
 
