@@ -102,20 +102,22 @@ def gate() -> Iterator[Gate]:
 
 
 @contextlib.contextmanager
-def deferred_interrupts() -> Iterator[None]:
+def deferred_interrupts() -> Iterator[list[int]]:
     """Hold Ctrl-C (and SIGTERM) until the block ends, then raise KeyboardInterrupt: cleanup that is
-    cut short leaks the very segments it was removing.  Only the main thread can do this; elsewhere
+    cut short leaks the very segments it was removing.  It yields the signals held so far, for a
+    wait that should end early on one (a handler that only records cannot be lost, as a
+    KeyboardInterrupt raised inside a finaliser is).  Only the main thread can do this; elsewhere
     the block runs as is."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     held: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield held
+        return
     previous = {
         sig: signal.signal(sig, lambda signum, frame: held.append(signum))
         for sig in (signal.SIGINT, signal.SIGTERM)
     }
     try:
-        yield
+        yield held
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .errors import PadataError
+from .interrupts import deferred_interrupts
 from .topology import Topology
 from .worker import Detach, Exit, Ready, worker_main
 
@@ -163,13 +164,19 @@ class Manager:
         self._started = queue.SimpleQueue[Helper | Exception]()
         self.workers: list[Helper] = []
         self._thread = threading.Thread(target=self._run, name="padata-manager", daemon=True)
+        self._starter: threading.Thread | None = None
         try:
-            self._thread.start()
             # The first workers start in a thread of their own, as replacements do: a start that
             # hangs (a forkserver stopped, or caught by a Ctrl-C to the whole process group) holds
-            # up no one, and no Ctrl-C can leave a started process off the list.
-            threading.Thread(target=self._start_all, args=(nodes,), name="padata-start", daemon=True).start()
-            self._await_starts(len(nodes))
+            # up no one.  Ctrl-C is held meanwhile, ends the wait, and is raised after it.
+            with deferred_interrupts() as held:
+                self._thread.start()
+                starter = threading.Thread(
+                    target=self._start_all, args=(nodes,), name="padata-start", daemon=True
+                )
+                starter.start()
+                self._starter = starter
+                self._await_starts(len(nodes), held)
         except BaseException:
             self.close(0.0)
             raise
@@ -362,6 +369,8 @@ class Manager:
 
     def _start_all(self, nodes: list[int]) -> None:
         for wid, node in enumerate(nodes):
+            if self._closing:  # the constructor gave up: start no more
+                return
             try:
                 new = self._spawn(wid, node)
             except Exception as exc:  # the forkserver is gone, no memory...: __init__ says so
@@ -401,12 +410,12 @@ class Manager:
         manager = weakref.WeakMethod(self._pipe_returned)
         return Helper(wid, node, process, ours, pipe_returned=lambda: (told := manager()) and told())
 
-    def _await_starts(self, count: int) -> None:
+    def _await_starts(self, count: int, interrupted: list[int]) -> None:
         deadline = time.monotonic() + self._start_timeout
-        while count:
+        while count and not interrupted:
             try:
-                # In ticks: a Ctrl-C that the kernel hands to another thread interrupts no wait
-                # here, and its handler runs only when this thread next wakes.
+                # In ticks, ending at a held Ctrl-C: its handler runs only when this thread next
+                # runs Python code, which may be a finaliser where a KeyboardInterrupt is lost.
                 started = self._started.get(timeout=TICK_S)
             except queue.Empty:
                 if time.monotonic() < deadline:
@@ -428,6 +437,9 @@ class Manager:
         (or, for one stuck in the kernel, KILL_WAIT_S has passed)."""
         with self.lock:
             self._closing = self._changed = True
+        if self._starter is not None:  # a process half launched would be left to fail on its own
+            self._starter.join(KILL_WAIT_S)
+        with self.lock:
             workers = list(self.workers)
         for w in workers:
             if w.state == READY and w.owner is None:
