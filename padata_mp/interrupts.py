@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -69,6 +70,7 @@ class _Raised:
 
 
 _installed = threading.local()
+_deferring = threading.local()
 
 
 @contextlib.contextmanager
@@ -108,10 +110,15 @@ def deferred_interrupts() -> Iterator[list[int]]:
     wait that should end early on one (a handler that only records cannot be lost, as a
     KeyboardInterrupt raised inside a finaliser is).  Only the main thread can do this; elsewhere
     the block runs as is."""
+    outer: list[int] | None = getattr(_deferring, "held", None)
+    if outer is not None:  # nested: the outermost block holds, and raises when it ends
+        yield outer
+        return
     held: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield held
         return
+    _deferring.held = held
     previous = {
         sig: signal.signal(sig, lambda signum, frame: held.append(signum))
         for sig in (signal.SIGINT, signal.SIGTERM)
@@ -119,7 +126,8 @@ def deferred_interrupts() -> Iterator[list[int]]:
     try:
         yield held
     finally:
+        _deferring.held = None
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if held:
+        if held and sys.exc_info()[0] is None:  # not over an exception already on its way out
             raise KeyboardInterrupt

@@ -177,6 +177,8 @@ class Manager:
                 starter.start()
                 self._starter = starter
                 self._await_starts(len(nodes), held)
+                if held:
+                    raise KeyboardInterrupt  # after the closing below
         except BaseException:
             self.close(0.0)
             raise

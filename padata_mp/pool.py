@@ -111,28 +111,32 @@ class Padata:
         self._cap_to_cpus = workers is None
         nworkers = self.topology.default_workers() if workers is None else workers
         self.start_method, ctx = _context(start_method or "forkserver")
-        shm.sweep_dead_owners()
-        self._closed = False
-        self._rr_node = 0  # numa_aware round-robin position, kept across jobs as the kernel does
-        self._generations = itertools.count(1)  # worker.STOPPED (0) is never a job's
-        self._running: set[RunningJob] = set()
-        # Ctrl-C waits while the cursors' locks are made: one landing between a named semaphore's
-        # creation and its finaliser's would leave it for the resource tracker to find leaked.
-        with deferred_interrupts():
+        # Ctrl-C is held until the engine is made (or closed again): raised in code of our own, it
+        # cannot land in a finaliser of multiprocessing's and be lost there.
+        with deferred_interrupts() as held:
+            shm.sweep_dead_owners()
+            self._closed = False
+            self._rr_node = 0  # numa_aware round-robin position, kept across jobs as the kernel does
+            self._generations = itertools.count(1)  # worker.STOPPED (0) is never a job's
+            self._running: set[RunningJob] = set()
+            # Held while the cursors' locks are made, too: one landing between a named semaphore's
+            # creation and its finaliser's would leave it for the resource tracker to find leaked.
             cursors = [ctx.Value(Cursor, lock=ctx.Lock()) for _ in range(nworkers)]
-        # The chunk each claimant holds: workers first, then each slot's caller.
-        claims = ctx.RawArray(ctypes.c_int64, 2 * 2 * nworkers)
-        self._slots = [Slot(i, c, Claims(claims), nworkers + i) for i, c in enumerate(cursors)]
-        self._free_slots = list(range(nworkers))
-        args = (cursors, claims, os.getpid())
-        self._manager = Manager(
-            ctx, self.topology, self.topology.place(nworkers), args, START_TIMEOUT_S, self.reply_timeout
-        )
-        self._lock = self._manager.lock  # admission, slots, running jobs: one lock with the workers'
-        self._jobs_done = threading.Condition(self._lock)  # notified when a running job ends
-        detach = weakref.WeakMethod(self._detach_everywhere)  # a dropped engine is not kept alive
-        self._remove_hook = shm.on_unlink(lambda name: (bound := detach()) and bound(name))
-        self._finalizer = weakref.finalize(self, _abandoned, self._manager, self._remove_hook)
+            # The chunk each claimant holds: workers first, then each slot's caller.
+            claims = ctx.RawArray(ctypes.c_int64, 2 * 2 * nworkers)
+            self._slots = [Slot(i, c, Claims(claims), nworkers + i) for i, c in enumerate(cursors)]
+            self._free_slots = list(range(nworkers))
+            args = (cursors, claims, os.getpid())
+            self._manager = Manager(
+                ctx, self.topology, self.topology.place(nworkers), args, START_TIMEOUT_S, self.reply_timeout
+            )
+            self._lock = self._manager.lock  # admission, slots, running jobs: one lock with the workers'
+            self._jobs_done = threading.Condition(self._lock)  # notified when a running job ends
+            detach = weakref.WeakMethod(self._detach_everywhere)  # a dropped engine is not kept alive
+            self._remove_hook = shm.on_unlink(lambda name: (bound := detach()) and bound(name))
+            self._finalizer = weakref.finalize(self, _abandoned, self._manager, self._remove_hook)
+            if held:
+                self._close(0.0)
 
     # -- public -----------------------------------------------------------------------------
 
