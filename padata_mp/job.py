@@ -24,9 +24,9 @@ LOAD_BALANCE_FACTOR = 4
 # The cursor lives in a C int64 shared between processes.
 MAX_INDEX = 2**63 - 1
 
-# Returns None (or 0) on success, or a non-zero error code: the 2022 RFC's error return.
-_NO_SIZE: Any = object()
+_NO_SIZE: Any = object()  # MtJob's size when none is given: refused
 
+# Returns None (or 0) on success, or a non-zero error code: the 2022 RFC's error return.
 ThreadFn = Callable[[int, int, Any], "int | None"]
 UndoFn = Callable[[int, int, Any], None]
 

@@ -98,16 +98,10 @@ class JobFuture(Future):
         is final: ``done`` is ``size`` if the job succeeded).  No busy loop: it sleeps between.
         Ctrl-C while it waits stops the job, as ``result()`` does; leaving the loop does not."""
         interval = seconds("interval", interval)
-        ended = threading.Event()
-        self.add_done_callback(lambda _: ended.set())
         while True:
-            with gate() as g:
-                try:
-                    finished = ended.wait(interval)
-                except KeyboardInterrupt:
-                    with g.raised():
-                        stop_all([self])
-                    raise
+            with self._stopped_by_ctrl_c():
+                wait([self], interval)
+            finished = self.done()
             yield self.progress()
             if finished:
                 return
@@ -168,14 +162,20 @@ class JobFuture(Future):
         """The JobReport, once the job is done (``timeout``: as concurrent.futures'), or its error.
         Ctrl-C while waiting here stops the job, as do_multithreaded would, before it propagates."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        with self._stopped_by_ctrl_c():
+            # In ticks: a Ctrl-C that the kernel hands to another thread interrupts no wait
+            # here, and its handler runs only when this thread next wakes.
+            while not self.done() and (deadline is None or time.monotonic() < deadline):
+                left = CHECK_S if deadline is None else deadline - time.monotonic()
+                wait([self], max(0.0, min(CHECK_S, left)))
+            return super().result(0)  # TimeoutError if it is not done yet
+
+    @contextlib.contextmanager
+    def _stopped_by_ctrl_c(self) -> Iterator[None]:
+        """A wait for this job: a Ctrl-C in it stops the job (bounded) before it propagates."""
         with gate() as g:
             try:
-                # In ticks: a Ctrl-C that the kernel hands to another thread interrupts no wait
-                # here, and its handler runs only when this thread next wakes.
-                while not self.done() and (deadline is None or time.monotonic() < deadline):
-                    left = CHECK_S if deadline is None else deadline - time.monotonic()
-                    wait([self], max(0.0, min(CHECK_S, left)))
-                return super().result(0)  # TimeoutError if it is not done yet
+                yield
             except KeyboardInterrupt:
                 with g.raised():
                     stop_all([self])

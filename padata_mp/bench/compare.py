@@ -104,10 +104,9 @@ def report(comparison: Comparison, fail_above: float | None = None, kinds: tuple
         f"  {'configuration':36} |  A time_ms |  B time_ms | B / A [95% interval]  | verdict",
         f"  {'-' * 36} | ---------- | ---------- | --------------------- | -------",
     ]
+    regressed = comparison.regressions(fail_above, kinds) if fail_above is not None else []
     for c in comparison.changes:
-        verdict = c.verdict
-        if fail_above is not None and c.kind in kinds and c.regressed(fail_above):
-            verdict += f" (past {fail_above:g}%)"
+        verdict = c.verdict + (f" (past {fail_above:g}%)" if c in regressed else "")
         lo, hi = c.ratio.ci95
         lines.append(
             f"  {c.name:36} | {c.a_ms:10.1f} | {c.b_ms:10.1f} | "

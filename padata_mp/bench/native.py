@@ -14,7 +14,7 @@ from ..job import MtJob, plan
 from ..mm import pages as pg
 from ..mm.deferred import DeferredInitWork, splice_all
 from ..mm.machine import Machine
-from ..native import load
+from ..native import load, stream_width
 from ..pool import Padata
 from ..shm import SharedArray
 
@@ -60,7 +60,7 @@ def native_ceiling(library: Path, block: SharedArray, processes: int) -> dict[st
     lib, array = load(str(library)), block.array
     out = {}
     for name, nontemporal in (("plain", 0), ("nontemporal", 1)):
-        if nontemporal and not lib.padata_has_nontemporal():
+        if nontemporal and not stream_width(str(library)):
             continue
         ns = lib.padata_store_best_ns(array.ctypes.data, array.nbytes, processes, nontemporal, CEILING_REPEAT)
         if ns:

@@ -20,7 +20,6 @@ import numpy as np
 
 from ..errors import PadataError
 from ..job import MtJob
-from ..native import load
 from ..pool import Padata
 from ..ranges import Range, ceil_div, clip_ranges, roundup, subtract_ranges
 from ..shm import SharedArray
@@ -87,7 +86,10 @@ def init_chunk_c(start: int, end: int, job: ZoneJob) -> None:
     assert job.compiled is not None
     holes = np.array(job.holes, np.int64).reshape(-1, 2)
     memmap = job.memmap.array
-    error = load(job.compiled.library).padata_init_chunk(
+    job.compiled.call(
+        "padata_init_chunk",
+        start,
+        end,
         memmap.ctypes.data,
         len(memmap),
         job.pageblocks.array.ctypes.data,
@@ -100,8 +102,6 @@ def init_chunk_c(start: int, end: int, job: ZoneJob) -> None:
         len(holes),
         job.compiled.stream,
     )
-    if error:
-        raise OSError(-error, f"the C kernel ({job.compiled.library}) failed on [{start}, {end})")
 
 
 def zone_job(machine: Machine, zone: Zone, compiled: Compiled | None = None) -> ZoneJob:

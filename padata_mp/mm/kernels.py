@@ -12,7 +12,7 @@ from typing import Literal, get_args
 
 from ..checks import require
 from ..errors import PadataError
-from ..native import build, stream_width
+from ..native import build, load, stream_width
 
 Kernel = Literal["numpy", "c", "c-stream"]
 KERNELS: tuple[Kernel, ...] = get_args(Kernel)
@@ -24,6 +24,13 @@ class Compiled:
 
     library: str
     stream: bool
+
+    def call(self, function: str, start: int, end: int, *args: object) -> None:
+        """The library's ``function`` for pfns [start, end); OSError naming the library where it
+        returns an error code."""
+        error = getattr(load(self.library), function)(*args)
+        if error:
+            raise OSError(-error, f"the C kernel ({self.library}) failed on [{start}, {end})")
 
 
 def check_kernel(kernel: str) -> Compiled | None:

@@ -16,7 +16,6 @@ import numpy as np
 from ..checks import integer
 from ..errors import BadValueError, PadataError
 from ..job import MtJob
-from ..native import load
 from ..pool import Padata
 from ..ranges import ceil_div
 from ..shm import BlockOwner, SharedArray
@@ -76,7 +75,10 @@ def init_device_chunk_c(start: int, end: int, job: DeviceJob) -> None:
     lo, hi = _device_range(start, end, job)
     assert job.compiled is not None
     words = np.array(device_words(job.node), np.uint64)
-    error = load(job.compiled.library).padata_device_chunk(
+    job.compiled.call(
+        "padata_device_chunk",
+        start,
+        end,
         job.memmap.array.ctypes.data,
         len(job.memmap.array),
         job.pageblocks.array.ctypes.data,
@@ -85,8 +87,6 @@ def init_device_chunk_c(start: int, end: int, job: DeviceJob) -> None:
         words.ctypes.data,
         job.compiled.stream,
     )
-    if error:
-        raise OSError(-error, f"the C kernel ({job.compiled.library}) failed on [{start}, {end})")
 
 
 class DeviceMemory(BlockOwner):

@@ -84,6 +84,7 @@ def build(kind: str) -> Built:
     return Built(target)
 
 
+@functools.cache
 def _identity(cc: str) -> bytes:
     """What names the compiler's output: its real path, its version and its target."""
     lines = [os.path.realpath(cc).encode()]
@@ -139,7 +140,6 @@ def load(path: str) -> ctypes.CDLL:
     lib.padata_device_chunk.restype = i
     lib.padata_store_best_ns.argtypes = [p, ctypes.c_size_t, i, i, i]
     lib.padata_store_best_ns.restype = u64
-    lib.padata_has_nontemporal.restype = i
     lib.padata_stream_width.restype = i
     return lib
 

@@ -428,12 +428,6 @@ static void *store(void *arg)
 	return NULL;
 }
 
-/* Whether padata_store_best_ns can store non-temporally on this architecture. */
-int padata_has_nontemporal(void)
-{
-	return padata_stream_width() > 0;
-}
-
 /*
  * STREAM's habit: the best of `repeat` runs of `threads` pthreads each storing a non-zero value over
  * its share of the block's whole 64-byte lines (the block already mapped and faulted in); plain
