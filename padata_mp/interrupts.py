@@ -24,18 +24,23 @@ from typing import Any
 
 
 class Gate:
-    """Where SIGINT may raise.  ``up[0]``: hold it; ``held[0]``: one came while up."""
+    """Where SIGINT may raise.  ``up[0]``: hold it; ``held[0]``: one came while up.
+    ``on_interrupt``: called first, under the gate, when one is raised (a stop that must happen
+    whatever line the interrupt lands on)."""
 
     def __init__(self, previous: Callable[[int, Any], Any] | None = None) -> None:
         self.up = [False]
         self.held = [False]
         self._previous = previous
+        self.on_interrupt: Callable[[], object] | None = None
 
     def handler(self, signum: int, frame: Any) -> None:
         if self.up[0]:
             self.held[0] = True
             return
         self.up[0] = True  # the catcher cleans up under the gate
+        if self.on_interrupt is not None:
+            self.on_interrupt()
         if self._previous is None or self._previous is signal.default_int_handler:
             raise KeyboardInterrupt
         self._previous(signum, frame)  # a handler of the program's own: it may raise, or not
@@ -74,13 +79,18 @@ _deferring = threading.local()
 
 
 @contextlib.contextmanager
-def gate() -> Iterator[Gate]:
+def gate(on_interrupt: Callable[[], object] | None = None) -> Iterator[Gate]:
     """The SIGINT gate for an engine call.  In the main thread it is the process's SIGINT handler
     for the call (the one already installed, when calls nest); elsewhere, where no signal handler
-    runs, and where SIGINT is ignored or left to kill the process, a gate that nothing opens."""
+    runs, and where SIGINT is ignored or left to kill the process, a gate that nothing opens.
+    ``on_interrupt`` is the gate's first act when it raises, for the block's length."""
     current: Gate | None = getattr(_installed, "gate", None)
     if current is not None:
-        yield current
+        outer, current.on_interrupt = current.on_interrupt, on_interrupt or current.on_interrupt
+        try:
+            yield current
+        finally:
+            current.on_interrupt = outer
         return
     if threading.current_thread() is not threading.main_thread():
         yield Gate()
@@ -90,6 +100,7 @@ def gate() -> Iterator[Gate]:
         yield Gate()
         return
     made = Gate(previous)
+    made.on_interrupt = on_interrupt
     _installed.gate = made
     try:
         signal.signal(signal.SIGINT, made.handler)  # in the try: one landing now restores too
@@ -100,7 +111,8 @@ def gate() -> Iterator[Gate]:
         signal.signal(signal.SIGINT, previous)
         # Leaving normally with an interrupt held: it is raised now, as it would have been.
         if made.held[0] and not was_up:
-            previous(signal.SIGINT, None)
+            made.up[0] = made.held[0] = False
+            made.handler(signal.SIGINT, None)
 
 
 @contextlib.contextmanager

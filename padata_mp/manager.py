@@ -23,12 +23,16 @@ import contextlib
 import os
 import queue
 import select
+import signal
+import sys
 import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from multiprocessing import spawn
+from multiprocessing.process import ORIGINAL_DIR  # type: ignore[attr-defined]
 from typing import Any, Protocol
 
 from .errors import PadataError
@@ -106,10 +110,12 @@ class Helper:
         self.pipe_returned()
 
     def kill(self) -> None:
-        """SIGKILL: from the moment this returns it runs no more of its code.  The manager sees
-        its death and replaces it once it is given back."""
+        """SIGKILL, with every process it forked (its process group): from the moment this returns
+        it runs no more of its code.  The manager sees its death and replaces it once it is given
+        back."""
         self.doomed = True
-        self.process.kill()
+        self.process.kill()  # first: one killed before it made its own group has no group yet
+        _kill_group(self.process.pid)
 
     def kill_unresponsive(self, waited: float, stacklevel: int = 2) -> None:
         warnings.warn(
@@ -160,8 +166,10 @@ class Manager:
         self._over = False  # closed: a replacement that starts now is stopped at once
         self._changed = True  # the workers to watch changed
         self._next_try: dict[int, float] = {}  # wid -> when a failed replacement may be tried again
-        # Starts, deaths while starting and failed starts, for __init__.
+        # Starts, deaths while starting and failed starts, for __init__ (and only while it waits:
+        # a queue nobody reads would keep every replacement's process and pipes).
         self._started = queue.SimpleQueue[Helper | Exception]()
+        self._constructing = True
         self.workers: list[Helper] = []
         self._thread = threading.Thread(target=self._run, name="padata-manager", daemon=True)
         self._starter: threading.Thread | None = None
@@ -177,6 +185,7 @@ class Manager:
                 starter.start()
                 self._starter = starter
                 self._await_starts(len(nodes), held)
+                self._constructing = False
                 if held:
                     raise KeyboardInterrupt  # after the closing below
         except BaseException:
@@ -295,7 +304,8 @@ class Manager:
         elif what == "message" and w.state == STARTING:
             if isinstance(message, Ready):
                 w.state = READY
-                self._started.put(w)
+                if self._constructing:
+                    self._started.put(w)
         elif what == "message" and w.owner is not None:
             w.owner.deliver(w, message)
 
@@ -312,10 +322,12 @@ class Manager:
             starting, w.state = w.state == STARTING, DEAD
             owner = w.owner
         w.conn.close()
+        _kill_group(w.process.pid)  # what it forked dies with it
         self._changed = True
         if starting:
             self._next_try[w.wid] = time.monotonic() + RESTART_BACKOFF_S
-            self._started.put(w)
+            if self._constructing:
+                self._started.put(w)
         if owner is not None:
             owner.deliver(w, None)
 
@@ -401,7 +413,8 @@ class Manager:
         args = (wid, self._topology.node(node).cpus, theirs, *self._args)
         process = self._ctx.Process(target=worker_main, args=args, name=f"padata-{wid}", daemon=True)
         try:
-            process.start()
+            with _main_not_rerun():
+                process.start()
         except BaseException:
             ours.close()
             raise
@@ -472,6 +485,42 @@ class Manager:
             self._changed = True
             self.wake()
             self._thread.join(max(0.0, deadline - time.monotonic()))
+
+
+_preparing = threading.Lock()
+
+
+@contextlib.contextmanager
+def _main_not_rerun() -> Iterator[None]:
+    """A worker starting while ``__main__`` is no file (a script fed on stdin: ``<stdin>``) does
+    not try to re-run it, which multiprocessing's spawn and forkserver do by its path, failing with
+    FileNotFoundError.  Functions of such a main travel by value (cloudpickle), so the workers do
+    not need it.  Where the main is a file, nothing changes."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if path is None or os.path.isfile(os.path.join(ORIGINAL_DIR or "", path)):
+        yield
+        return
+    with _preparing:
+        original = spawn.get_preparation_data
+
+        def preparation_data(name: str) -> dict[str, Any]:
+            data = original(name)
+            data.pop("init_main_from_path", None)
+            return data
+
+        spawn.get_preparation_data = preparation_data
+        try:
+            yield
+        finally:
+            spawn.get_preparation_data = original
+
+
+def _kill_group(pid: int | None) -> None:
+    """SIGKILL the process group a worker made of itself (worker_main's first act): the processes
+    its thread_fn forked, which would otherwise outlive it, holding the shared mappings."""
+    if pid is not None:
+        with contextlib.suppress(OSError):  # none left (or never made)
+            os.killpg(pid, signal.SIGKILL)
 
 
 def _distrust(w: Helper, error: object) -> None:

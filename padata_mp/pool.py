@@ -41,7 +41,7 @@ import weakref
 from dataclasses import replace
 from typing import Any
 
-from . import shm
+from . import mutex, shm
 from .checks import integer, seconds
 from .errors import (
     BadTypeError,
@@ -119,10 +119,11 @@ class Padata:
             self._rr_node = 0  # numa_aware round-robin position, kept across jobs as the kernel does
             self._generations = itertools.count(1)  # worker.STOPPED (0) is never a job's
             self._running: set[RunningJob] = set()
-            # Held while the cursors' locks are made, too: one landing between a named semaphore's
-            # creation and its finaliser's would leave it for the resource tracker to find leaked.
-            cursors = [ctx.Value(Cursor, lock=ctx.Lock()) for _ in range(nworkers)]
-            # The chunk each claimant holds: workers first, then each slot's caller.
+            # One cursor a slot, each with its robust mutex, and the chunk each claimant holds
+            # (workers first, then each slot's caller), all in shared memory.
+            cursors = ctx.RawArray(Cursor, nworkers)
+            for cursor in cursors:
+                mutex.init(ctypes.addressof(cursor))
             claims = ctx.RawArray(ctypes.c_int64, 2 * 2 * nworkers)
             self._slots = [Slot(i, c, Claims(claims), nworkers + i) for i, c in enumerate(cursors)]
             self._free_slots = list(range(nworkers))
@@ -185,9 +186,11 @@ class Padata:
             if node is not None:
                 pin_thread(self.topology.node(node).cpus)
             try:
-                future.set_result(self._do(job, node, False, future))
+                report = self._do(job, node, False, future)
             except BaseException as exc:
-                future.set_exception(exc)
+                future.end(None, exc)
+            else:
+                future.end(report, None)
 
         thread = threading.Thread(target=run, name=f"padata-job-node{node}", daemon=True)
         try:
@@ -389,11 +392,14 @@ class _Call:
             return JobReport(0, 0, [], 0.0), JobCancelledError(
                 f"the job was cancelled; ranges not done: {not_done}", not_done=not_done
             )
-        with self.gate.raised():
-            running = self.engine._admit(job, payload, self.node, self.caller_works, (start, end), chunk)
-        if future is not None:
-            future.track(running)
+        running = None
         try:
+            # Admission and give-back are one transaction: a Ctrl-C held while helpers are lent is
+            # raised where the finally below gives them back.
+            with self.gate.raised():
+                running = self.engine._admit(job, payload, self.node, self.caller_works, (start, end), chunk)
+                if future is not None:
+                    future.track(running)
             if running is None:
                 # One call with the whole range, in the caller: no chunking, no locking.  (With no
                 # helper free the kernel still chunks; one process gains nothing from it.)

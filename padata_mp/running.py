@@ -13,14 +13,17 @@ same for every order in which they came.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import pickle
 import select
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import CancelledError, Future, wait
+from concurrent.futures import CancelledError, Future
+from concurrent.futures._base import CANCELLED_AND_NOTIFIED
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,13 +33,12 @@ from .interrupts import Gate, gate
 from .job import MtJob
 from .manager import Helper
 from .ranges import Ranges, merge_ranges
-from .worker import ChunkFailure, Cursor, ErrorReturn, JobDone, RunJob, Slot, check_result, claim_chunks, stop
+from .worker import ChunkFailure, ErrorReturn, JobDone, RunJob, Slot, check_result, claim_chunks, stop
 
 LOGGER = logging.getLogger(__name__)
 CALLER = -1  # worker id of the job's caller in reports
 DRAIN_TIMEOUT_S = 1.0  # how long helpers get to finish their chunk after Ctrl-C
 CHECK_S = 0.5  # how often a waiting job looks for helpers that hold nothing and do not answer
-LOCK_STUCK_S = 1.0  # a cursor's lock taken this long after a helper died is the dead one's
 STOP_TIMEOUT_S = DRAIN_TIMEOUT_S + 10.0  # a stopped job's helpers drain, then are killed and reaped
 
 
@@ -81,49 +83,62 @@ class Progress:
 
 class JobFuture(Future):
     """The Future of a submitted job's JobReport, which can also say how far the job has got and
-    stop it.  ``cancel()`` stops the job wherever it is (queued or running): helpers finish the
-    chunk they hold and claim no more; the future then raises JobCancelledError (a
-    CancelledError) naming the ranges not done."""
+    stop it.  It keeps concurrent.futures' contract: ``cancel()`` returns True exactly when the
+    future ends cancelled (``cancelled()`` True, ``result()`` and ``exception()`` raising
+    CancelledError - here a JobCancelledError naming the ranges not done), and False when the job
+    ended anyway (it finished, or failed, before the stop took).  Waits here never take a lock that
+    a Ctrl-C could leave held: they poll a descriptor that the job's end makes readable."""
 
     def __init__(self, size: int):
         super().__init__()
         self.size = size
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered by a Ctrl-C handler that stops the job
         self._finished = 0  # indices of ranges already run
         self._running: RunningJob | None = None
         self._stopping = False
+        self._reporters: list[threading.Thread] = []
+        self._ended = os.eventfd(0, os.EFD_CLOEXEC)  # readable once the job has ended
+        weakref.finalize(self, os.close, self._ended)
 
     def watch(self, interval: float = 0.1) -> Iterator[Progress]:
         """``progress()`` every ``interval`` seconds until the job ends, then once more (the last
         is final: ``done`` is ``size`` if the job succeeded).  No busy loop: it sleeps between.
-        Ctrl-C while it waits stops the job, as ``result()`` does; leaving the loop does not."""
+        Ctrl-C while it waits or reads the progress stops the job, as in ``result()``; one in the
+        loop's own body is the loop's, and leaving the loop does not stop the job."""
         interval = seconds("interval", interval)
         while True:
             with self._stopped_by_ctrl_c():
-                wait([self], interval)
-            finished = self.done()
-            yield self.progress()
+                self._wait(interval)
+                finished = self.done()
+                progress = self.progress()
+            yield progress
             if finished:
                 return
 
     def on_progress(self, fn: Callable[[Progress], object], interval: float = 0.1) -> None:
         """Call ``fn(progress)`` from a thread of this process every ``interval`` seconds while the
-        job runs, and once when it has ended.  An exception in ``fn`` is logged and ends its calls,
-        as concurrent.futures does with done callbacks."""
+        job runs, and once when it has ended, before ``result()`` returns.  An exception in ``fn``
+        is logged and ends its calls, as concurrent.futures does with done callbacks.  The grain
+        is the job's chunks (``JobReport.chunk_size``): progress counts chunks done."""
         self._report(fn, seconds("interval", interval), lambda: None)
 
-    def progress_bar(self, interval: float = 0.1, **tqdm_options: Any) -> None:
-        """Show the job's progress as a tqdm bar (``tqdm.auto``: a widget in a notebook), counting
-        indices done, closed when the job ends; ``tqdm_options`` go to tqdm.  Needs tqdm (``pip
-        install tqdm``, or the ``progress`` extra); without it ImportError says so."""
+    def progress_bar(self, interval: float = 0.1, **tqdm_options: Any) -> Any:
+        """Show the job's progress as a tqdm bar counting indices done, and return it: a context
+        manager, closed when the job ends, before ``result()`` returns, so what follows prints
+        after it.  A notebook widget where ipywidgets is there to draw it, else text;
+        ``tqdm_options`` go to tqdm.  Needs tqdm (``pip install tqdm``, or the ``progress``
+        extra); without it ImportError says so."""
         try:
             from tqdm.auto import tqdm
         except ImportError:
             raise ImportError(
                 "progress_bar needs tqdm: pip install tqdm (or 'padata_mp[progress]')"
             ) from None
+        if importlib.util.find_spec("ipywidgets") is None:  # tqdm.auto would warn and draw text
+            from tqdm.std import tqdm
         bar = tqdm(**{"total": self.size, "unit": "index", "unit_scale": True, **tqdm_options})
         self._report(lambda progress: bar.update(progress.done - bar.n), interval, bar.close)
+        return bar
 
     def _report(self, fn: Callable[[Progress], object], interval: float, end: Callable[[], object]) -> None:
         def report() -> None:
@@ -135,51 +150,71 @@ class JobFuture(Future):
             finally:
                 end()
 
-        threading.Thread(target=report, name="padata-progress", daemon=True).start()
+        thread = threading.Thread(target=report, name="padata-progress", daemon=True)
+        with self._lock:
+            self._reporters.append(thread)
+        thread.start()
 
     def progress(self) -> Progress:
         """Claimed and done so far (re-runs after a helper died count again, capped at size)."""
         with self._lock:
             finished, running = self._finished, self._running
-        if self.done() and self.exception() is None:
+        if self.done() and not self.cancelled() and super().exception(0) is None:
             return Progress(self.size, self.size, self.size)
         claimed, done = running.progress() if running else (0, 0)
         return Progress(self.size, min(self.size, finished + claimed), min(self.size, finished + done))
 
     def cancel(self) -> bool:
-        """Stop the job; False only if it has already ended.  The future is done once the job's
-        helpers have stopped: ``result()`` waits for that, then raises."""
-        with self._lock:
-            if self.done():
-                return super().cancel()
-            self._stopping = True
-            running = self._running
-        if running is not None:
-            running.cancel()
-        return True
+        """Stop the job wherever it is, queued or running, and wait until it has stopped (its
+        helpers finish the chunk they hold, DRAIN_TIMEOUT_S at most, or are killed).  True if it
+        ended cancelled; False if it had ended already, or ended anyway."""
+        self._stop()
+        self._wait(STOP_TIMEOUT_S)
+        return self.cancelled()
 
     def result(self, timeout: float | None = None) -> JobReport:
         """The JobReport, once the job is done (``timeout``: as concurrent.futures'), or its error.
         Ctrl-C while waiting here stops the job, as do_multithreaded would, before it propagates."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._stopped_by_ctrl_c():
-            # In ticks: a Ctrl-C that the kernel hands to another thread interrupts no wait
-            # here, and its handler runs only when this thread next wakes.
-            while not self.done() and (deadline is None or time.monotonic() < deadline):
-                left = CHECK_S if deadline is None else deadline - time.monotonic()
-                wait([self], max(0.0, min(CHECK_S, left)))
-            return super().result(0)  # TimeoutError if it is not done yet
+        self._settled(timeout)
+        return super().result(0)  # TimeoutError if it is not done yet
 
-    @contextlib.contextmanager
-    def _stopped_by_ctrl_c(self) -> Iterator[None]:
-        """A wait for this job: a Ctrl-C in it stops the job (bounded) before it propagates."""
-        with gate() as g:
-            try:
-                yield
-            except KeyboardInterrupt:
-                with g.raised():
-                    stop_all([self])
-                raise
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The job's error, None if it succeeded; as ``result()`` waits.  A cancelled job raises
+        its JobCancelledError here, as concurrent.futures raises CancelledError."""
+        self._settled(timeout)
+        return super().exception(0)
+
+    def _settled(self, timeout: float | None) -> None:
+        """Wait for the end (as result() does) and for the progress reporters' last word; raise
+        the JobCancelledError of a cancelled job."""
+        if not self.done():
+            with self._stopped_by_ctrl_c():
+                self._wait(timeout)
+        if self.done():
+            with self._lock:
+                reporters = [t for t in self._reporters if t is not threading.current_thread()]
+            for thread in reporters:
+                thread.join(STOP_TIMEOUT_S)
+        if self.cancelled():
+            raise self._exception  # type: ignore[misc]  # the JobCancelledError the job ended with
+
+    def _wait(self, timeout: float | None) -> None:
+        """Until the job has ended or ``timeout`` s passed; in ticks, so that a Ctrl-C the kernel
+        hands to another thread still has its handler run here soon."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        poller = select.poll()
+        poller.register(self._ended, select.POLLIN)
+        while not poller.poll(0):
+            left = CHECK_S if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                return
+            poller.poll(min(CHECK_S, left) * 1000)
+
+    def _stopped_by_ctrl_c(self) -> contextlib.AbstractContextManager[Gate]:
+        """A wait for this job: a Ctrl-C in it stops the job (bounded) before it propagates.  The
+        stop is the SIGINT handler's own first act, so no moment of the block lets one through
+        with the job still running."""
+        return gate(on_interrupt=lambda: stop_all([self]))
 
     @property
     def stopping(self) -> bool:
@@ -195,14 +230,41 @@ class JobFuture(Future):
         if running is not None and stopping:
             running.cancel()
 
+    def end(self, report: JobReport | None, error: BaseException | None) -> None:
+        """The job has ended, with ``report`` or ``error``: cancelled, if it stopped because
+        ``cancel()`` asked it to; then every wait for it ends."""
+        if isinstance(error, JobCancelledError) and self._stopping:
+            with self._condition:  # as Future.cancel() and set_running_or_notify_cancel() would
+                self._state, self._exception = CANCELLED_AND_NOTIFIED, error
+                for waiter in self._waiters:
+                    waiter.add_cancelled(self)
+                self._condition.notify_all()
+            self._invoke_callbacks()  # type: ignore[attr-defined]
+        elif error is not None:
+            self.set_exception(error)
+        else:
+            self.set_result(report)
+        os.eventfd_write(self._ended, 1)
+
+    def _stop(self) -> None:
+        with self._lock:
+            if self.done():
+                return
+            self._stopping = True
+            running = self._running
+        if running is not None:
+            running.cancel()
+
 
 def stop_all(futures: Iterable[JobFuture]) -> None:
-    """Cancel each job and wait until each has stopped (its helpers finish their chunk in
+    """Stop each job and wait until each has stopped (its helpers finish their chunk in
     DRAIN_TIMEOUT_S, or are killed), STOP_TIMEOUT_S at most, so nothing of them runs on."""
     futures = list(futures)
     for future in futures:
-        future.cancel()
-    wait(futures, STOP_TIMEOUT_S)
+        future._stop()
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for future in futures:
+        future._wait(max(0.0, deadline - time.monotonic()))
 
 
 class RunningJob:
@@ -235,7 +297,6 @@ class RunningJob:
         # Wakes the caller in _collect when the manager delivers; open only while run() runs.
         self._wake_lock = threading.Lock()
         self._wake_r, self._wake_w = -1, -1
-        self._deaths_seen = 0  # deaths looked at for a lock left taken
 
     # -- the manager thread's part --------------------------------------------------------------
 
@@ -263,40 +324,34 @@ class RunningJob:
         """Share, work, collect; then what helpers that vanished left unclaimed.  Returns once every
         helper is accounted for.  On Ctrl-C the helpers get DRAIN_TIMEOUT_S to finish their chunk,
         the rest are killed, and it propagates, the gate up all the while."""
-        c = self.slot.cursor.get_obj()
-        c.start, c.size, c.chunk_size = self.start, self.end - self.start, self.claim_size
-        c.generation, c.first_failed = self.generation, 0
+        self.slot.arm(self.start, self.end, self.claim_size, self.generation)
         with gate.raised():
             self._wake_r, self._wake_w = os.pipe()
         try:
-            self._run(gate, c)
+            self._run(gate)
         finally:
             with gate.raised(), self._wake_lock:
                 os.close(self._wake_r)
                 os.close(self._wake_w)
                 self._wake_r, self._wake_w = -1, -1
 
-    def _run(self, gate: Gate, c: Cursor) -> None:
+    def _run(self, gate: Gate) -> None:
+        c = self.slot.cursor
         try:
             with gate.raised():  # a message cut in half would leave a helper reading forever
                 self._send()
             if self.caller_works:
                 self._claim(gate)
             self._collect(gate)
-            if c.generation == self.generation and c.size:
-                # Every helper replied or vanished holding nothing: ours to finish, and nobody
-                # alive holds the lock now (one that died inside it did so holding no chunk).
-                with gate.raised():
-                    self._repair_lock()
+            if c.generation == self.generation and c.start < c.end:
+                # Every helper replied or vanished holding nothing: what is left is ours to finish
+                # (a mutex a dead one left taken is handed over by the OS, repaired).
                 self._claim(gate)
         except BaseException:
             with gate.raised():
-                stop(self.slot.cursor, self.generation)
+                stop(c, self.generation)
                 self._collect(gate, drain=DRAIN_TIMEOUT_S)
-                self._repair_lock()
             raise
-        with gate.raised():
-            self._repair_lock()
 
     def cancel(self) -> None:
         """Stop claims: the engine is closing, or the job's future was cancelled."""
@@ -313,8 +368,9 @@ class RunningJob:
 
     def _claim(self, gate: Gate) -> None:
         job = self.job
-        index, unstick = self.slot.caller_index, lambda: self._unstick(gate)
-        done = claim_chunks(self.slot, self.generation, index, job.thread_fn, job.fn_arg, gate, unstick)
+        done = claim_chunks(
+            self.slot, self.generation, self.slot.caller_index, job.thread_fn, job.fn_arg, gate
+        )
         before = self.replies.get(CALLER)
         if before is not None:
             before.starts.extend(done.starts)
@@ -355,13 +411,11 @@ class RunningJob:
                     continue
                 with gate.raised():  # a message cut in half would be lost to both readers
                     by_fd[fd].take(self._record)
-            if deadline is None:
-                self._unstick(gate)
 
     def _kill_the_unresponsive(self, waiting: list[Helper], quiet_since: dict[int, float]) -> None:
         # Read without the lock: a claimant records its chunk before it moves the cursor.
-        c, now = self.slot.cursor.get_obj(), time.monotonic()
-        drained = c.size == 0 or c.generation != self.generation
+        c, now = self.slot.cursor, time.monotonic()
+        drained = c.start >= c.end or c.generation != self.generation
         for h in waiting:
             if not drained or self.slot.claims.chunk(h.wid) is not None:
                 quiet_since.pop(h.wid, None)
@@ -370,30 +424,11 @@ class RunningJob:
                 h.kill_unresponsive(self.reply_timeout, stacklevel=4)
                 self.dead[h.wid] = h
 
-    def _unstick(self, gate: Gate) -> bool:
-        """A helper died since the last look, holding no chunk (a death holding one stops the job):
-        if it died inside the cursor's lock, the live claimants would wait for it for ever.  A
-        claimant holds the lock for a few stores, so one not free within LOCK_STUCK_S is the
-        dead's, and is released on its behalf.  Never gives up a claim loop (returns False)."""
-        if len(self.dead) > self._deaths_seen:
-            self._deaths_seen = len(self.dead)
-            lock = self.slot.cursor.get_lock()
-            with gate.raised():
-                lock.acquire(True, LOCK_STUCK_S)
-                lock.release()  # ours, or the dead's
-        return False
-
-    def _repair_lock(self) -> None:
-        """Nobody alive claims from the slot now: if a claimant died holding its lock (a
-        multiprocessing lock is not robust), it is released on its behalf."""
-        lock = self.slot.cursor.get_lock()
-        lock.acquire(False)
-        lock.release()
-
     def progress(self) -> tuple[int, int]:
         """(claimed, done) of this range now, read without the cursor's lock: the claim loop pays
         nothing for it, and a claim in flight may be seen a moment late."""
-        claimed = (self.end - self.start) - self.slot.cursor.get_obj().size
+        c = self.slot.cursor
+        claimed = (self.end - self.start) - max(0, c.end - c.start)
         claimants = [h.wid for h in self.helpers] + [self.slot.caller_index]
         running = sum(end - start for start, end in filter(None, map(self.slot.claims.chunk, claimants)))
         return claimed, max(0, claimed - running)
@@ -447,12 +482,12 @@ class RunningJob:
     def _unclaimed(self) -> tuple[int, int] | None:
         """What nobody claimed (clipped: a claimant killed between its two stores leaves the
         cursor's start moved and its size not)."""
-        c = self.slot.cursor.get_obj()
-        start, end = max(c.start, self.start), min(c.start + c.size, self.end)
+        c = self.slot.cursor
+        start, end = max(c.start, self.start), min(c.end, self.end)
         return (start, end) if end > start else None
 
     def _first_failed(self) -> int | None:
-        first = self.slot.cursor.get_obj().first_failed - 1
+        first = self.slot.cursor.first_failed - 1
         if first < 0:
             return None
         return CALLER if first == self.slot.caller_index else first

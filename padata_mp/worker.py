@@ -25,26 +25,32 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from . import shm
+from . import mutex, shm
 from .interrupts import Gate
 from .topology import pin_process
 
 PARENT_CHECK_S = 0.5  # a waiting worker checks this often that the coordinator is alive
-LOCK_WAIT_S = 0.5  # a claimant waits this long for the cursor's lock before it looks around
+LOCK_TICK_S = 0.1  # a claimant waiting for the cursor's mutex looks around this often
 STOPPED = 0  # the cursor's generation once its job is stopped: no job has this number
 
 
 class Cursor(ctypes.Structure):
-    """One job slot's cursor.  The kernel uses the job itself as the cursor: start and size shrink
-    as chunks are claimed.  Only the job whose ``generation`` it holds may claim from it, so a
-    helper of an older job finds nothing, and stopping a job is writing STOPPED there."""
+    """One job slot's state in shared memory: its robust mutex and the cursor it guards.  The
+    kernel uses the job itself as the cursor: ``start`` rises to ``end`` as chunks are claimed (one
+    store a claim, so a claimant killed at any instruction leaves it whole).  Only the job whose
+    ``generation`` it holds may claim from it, so a helper of an older job finds nothing, and
+    stopping a job is writing STOPPED there.  ``holder`` is the claimant that last took the mutex:
+    whoever finds it dead holding the mutex repairs that one's claim record."""
 
     _fields_ = [
+        ("mutex", ctypes.c_ubyte * mutex.MUTEX_BYTES),
         ("start", ctypes.c_int64),
-        ("size", ctypes.c_int64),
+        ("end", ctypes.c_int64),
         ("chunk_size", ctypes.c_int64),
         ("generation", ctypes.c_int64),
         ("first_failed", ctypes.c_int64),  # 1 + the claimant index whose chunk failed first; 0: none
+        ("holder", ctypes.c_int64),  # -1: none since the job was armed
+        ("padding", ctypes.c_int64 * 2),  # one slot, two cache lines: no false sharing
     ]
 
 
@@ -71,34 +77,65 @@ class Claims:
 
 @dataclass(frozen=True)
 class Slot:
-    """Where one job runs: its cursor (a synchronized Value), the claims of every claimant, and the
-    claims index of the slot's own caller (after the workers')."""
+    """Where one job runs: its cursor (with its mutex, in shared memory), the claims of every
+    claimant, and the claims index of the slot's own caller (after the workers')."""
 
     number: int
-    cursor: Any
+    cursor: Cursor
     claims: Claims
     caller_index: int
 
+    @property
+    def mutex(self) -> ctypes.c_void_p:
+        return ctypes.c_void_p(ctypes.addressof(self.cursor))  # the mutex is the cursor's first field
 
-def stop(cursor: Any, generation: int) -> None:
+    def arm(self, start: int, end: int, chunk_size: int, generation: int) -> None:
+        """Set the cursor for a new job.  No claimant of the slot is alive now (the last job's
+        helpers all replied or died), so no lock is taken; ``holder`` -1 tells whoever finds the
+        mutex left by a dead claimant of the last job that no record of this job is that one's."""
+        c = self.cursor
+        c.start, c.end, c.chunk_size, c.first_failed, c.holder = start, end, chunk_size, 0, -1
+        c.generation = generation
+
+
+def take(slot: Slot, rc: int, give_up: Callable[[], bool]) -> bool:
+    """Take the slot's mutex, which TRYLOCK answered ``rc`` (not 0): wait in ticks of LOCK_TICK_S
+    until it is ours, or ``give_up()`` says to stop waiting (False).  Found left by a claimant that
+    died holding it (the OS says so), the state is repaired first: that claimant's record, if it
+    had not moved the cursor past it yet, was never a claim."""
+    while rc:
+        if rc == mutex.OWNER_DIED:
+            c, claims = slot.cursor, slot.claims
+            if c.holder >= 0:
+                first, last = claims.where(c.holder)
+                if claims.array[last] > claims.array[first] >= c.start:
+                    claims.array[last] = claims.array[first]
+            mutex.make_consistent(slot.mutex)
+            return True
+        if give_up():
+            return False
+        rc = mutex.lock_within(slot.mutex, LOCK_TICK_S)
+    return True
+
+
+def stop(cursor: Cursor, generation: int) -> None:
     """No more claims for ``generation`` from ``cursor``.  One store, no lock: it can be made while
-    anyone holds the lock, a dead claimant included.  A claimant that read the generation just
-    before still records its chunk, as if it had claimed a moment earlier."""
-    c = cursor.get_obj()
-    if c.generation == generation:
-        c.generation = STOPPED
+    anyone holds the mutex.  A claimant that read the generation just before still records its
+    chunk, as if it had claimed a moment earlier."""
+    if cursor.generation == generation:
+        cursor.generation = STOPPED
 
 
-def fail(cursor: Any, generation: int, index: int) -> None:
+def fail(slot: Slot, generation: int, index: int, gone: Callable[[], bool] = lambda: False) -> None:
     """Stop ``generation``'s claims because claimant ``index``'s chunk failed, recorded as the first
-    failure if it is (under the lock, waited for LOCK_WAIT_S at most; a lock that is not free by
-    then is a dead claimant's, and the failure is not ranked)."""
-    lock, c = cursor.get_lock(), cursor.get_obj()
-    if lock.acquire(True, LOCK_WAIT_S):
+    failure if it is (under the mutex; not ranked if the job was stopped meanwhile, or ``gone()``)."""
+    c, m = slot.cursor, slot.mutex
+    rc = mutex.TRYLOCK(m)
+    if take(slot, rc, lambda: c.generation != generation or gone()):
         if c.generation == generation:
             c.first_failed = index + 1
-        lock.release()
-    stop(cursor, generation)
+        mutex.UNLOCK(m)
+    stop(c, generation)
 
 
 class RunJob(NamedTuple):
@@ -188,49 +225,51 @@ def claim_chunks(
     thread_fn: Any,
     arg: Any,
     gate: Gate | None = None,
-    between_waits: Callable[[], bool] | None = None,
+    gone: Callable[[], bool] = lambda: False,
 ) -> JobDone:
-    """The kernel's padata_mt_helper(): claim the next chunk under the cursor's lock, run it, repeat,
-    while the cursor still belongs to ``generation``.
+    """The kernel's padata_mt_helper(): claim the next chunk under the cursor's mutex, run it,
+    repeat, while the cursor still belongs to ``generation``.
 
-    The claimant's record in ``slot.claims`` is written under the lock before the cursor moves, so
+    The claimant's record in ``slot.claims`` is written under the mutex before the cursor moves, so
     a claimant killed at any instruction leaves its chunk either unclaimed or recorded.  While the
-    lock is held the SIGINT ``gate`` is up, so Ctrl-C never leaves it taken.  The lock is waited
-    for LOCK_WAIT_S at a time: between waits the loop gives up if the job was stopped (a dead
-    claimant may hold the lock) or ``between_waits()`` says so (a worker's coordinator is gone; the
-    job's caller uses it to free a lock that a dead helper left taken).
+    mutex is held the SIGINT ``gate`` is up, so Ctrl-C never leaves it taken.  A claimant that finds
+    the mutex taken waits for it in ticks, and stops waiting if the job was stopped, a Ctrl-C is
+    held (the caller's), or ``gone()`` (a worker's coordinator is gone).  A holder that died is
+    reported by the OS to the next locker (``take``): nothing waits for the dead.
     """
-    # The engine's hot path, tuned for jobs of tiny chunks: locals bound once, the lock's C methods
-    # called directly (a ``with`` block costs five times as much), job.next_chunk() inlined.
+    # The engine's hot path, tuned for jobs of tiny chunks: locals bound once, the mutex's two C
+    # calls made directly, job.next_chunk() inlined.
     gate = gate or Gate()  # one that nothing opens, in workers and threads other than the main one
     gate_up, gate_held = gate.up, gate.held
-    cursor = slot.cursor
-    lock, c, held = cursor.get_lock(), cursor.get_obj(), slot.claims.array
-    acquire, release, chunk_size = lock.acquire, lock.release, c.chunk_size
+    c, m, held = slot.cursor, slot.mutex, slot.claims.array
+    trylock, unlock, chunk_size = mutex.TRYLOCK, mutex.UNLOCK, c.chunk_size
     first, last = slot.claims.where(index)
     starts, began, me = array("q"), time.perf_counter(), os.getpid()
     start = end = 0
+
+    def give_up() -> bool:
+        return c.generation != generation or gate_held[0] or gone()
+
     try:
         while True:
             gate_up[0] = True
-            if not acquire(False) and not acquire(True, LOCK_WAIT_S):  # a try first: no clock read
-                gate_up[0] = False
-                if c.generation != generation or (between_waits is not None and between_waits()):
-                    break
-                continue
-            size = c.size
-            if size == 0 or c.generation != generation:
-                release()
+            rc = trylock(m)
+            if rc and not take(slot, rc, give_up):
                 gate_up[0] = False
                 break
-            start = c.start
-            end = min((start // chunk_size + 1) * chunk_size, start + size)
+            c.holder = index
+            start, stop_at = c.start, c.end
+            if start >= stop_at or c.generation != generation:
+                unlock(m)
+                gate_up[0] = False
+                break
+            end = min((start // chunk_size + 1) * chunk_size, stop_at)
             held[first], held[last] = start, end
-            c.start, c.size = end, size - (end - start)
-            release()
+            c.start = end
+            unlock(m)
             gate_up[0] = False
             if gate_held[0]:
-                gate.lower()  # Ctrl-C came while the lock was held: raised now, the chunk recorded
+                gate.lower()  # Ctrl-C came while the mutex was held: raised now, the chunk recorded
             result = thread_fn(start, end, arg)
             if result is not None:
                 check_result(result)
@@ -239,10 +278,10 @@ def claim_chunks(
     except BaseException as exc:
         if os.getpid() != me:  # thread_fn forked, and its child left it by an exception
             os._exit(exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1)
-        # The lock is not held here (the gate was down when this was raised); it is taken again,
+        # The mutex is not held here (the gate was down when this was raised); it is taken again,
         # with the gate up, to rank the failure.
         was, gate_up[0] = gate_up[0], True
-        fail(cursor, generation, index)
+        fail(slot, generation, index, gone)
         gate_up[0] = was
         return JobDone(
             generation, starts, time.perf_counter() - began, ChunkFailure.caught((start, end), exc)
@@ -276,10 +315,12 @@ def check_result(result: object) -> None:
 
 
 def worker_main(
-    wid: int, cpus: tuple[int, ...], conn: Any, cursors: list, claims: Any, coordinator: int
+    wid: int, cpus: tuple[int, ...], conn: Any, cursors: Any, claims: Any, coordinator: int
 ) -> None:
     """A worker's life: pin, say Ready, then answer one message at a time until Exit, a closed
     pipe, or the coordinator's death.  A process forked by thread_fn never speaks on the pipe."""
+    # A process group of its own: a kill takes what thread_fn forked with it.
+    os.setpgid(0, 0)
     # Pinned first, before numpy starts threads or shared memory is touched (first-touch placement).
     pin_process(cpus)
     # Ctrl-C reaches the whole process group: the coordinator alone handles it.
@@ -337,9 +378,9 @@ def _run_job(wid: int, slot: Slot, generation: int, payload: bytes, gone: Any) -
     try:
         thread_fn, arg = pickle.loads(payload)
     except BaseException as exc:
-        fail(slot.cursor, generation, wid)
+        fail(slot, generation, wid, gone)
         return JobDone(generation, array("q"), 0.0, ChunkFailure.caught(None, exc).portable())
-    done = claim_chunks(slot, generation, wid, thread_fn, arg, between_waits=gone)
+    done = claim_chunks(slot, generation, wid, thread_fn, arg, gone=gone)
     return done._replace(failure=done.failure.portable()) if done.failure else done
 
 

@@ -1,6 +1,7 @@
 """The adversary's tools: storms of SIGKILLs on an engine's workers, and the check of a job's
 outcome against the engine's promise."""
 
+import ctypes
 import os
 import random
 import signal
@@ -72,3 +73,35 @@ def check_outcome(counts, run):
     time.sleep(0.02)
     assert (counts.array == after).all(), "memory changed after the call returned"
     return error
+
+
+def mutex_owner(cursor):
+    """The thread id holding a cursor's robust mutex, 0 if free: a robust mutex's futex word
+    (the first int of glibc's and musl's pthread_mutex_t) holds its owner's tid."""
+    return ctypes.c_uint32.from_address(ctypes.addressof(cursor)).value & 0x3FFFFFFF
+
+
+def stopped(pid):
+    """``pid`` is stopped (state T), or gone."""
+    try:
+        return psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+    except psutil.NoSuchProcess:
+        return True
+
+
+def stop_a_holder(engine, tries=20000):
+    """SIGSTOP a worker while it holds a cursor's mutex; its pid, or None if none was caught."""
+    workers = {pid for _, pid, _ in engine.workers}
+    cursors = [slot.cursor for slot in engine._slots]
+    for _ in range(tries):
+        for cursor in cursors:
+            pid = mutex_owner(cursor)
+            if pid not in workers:
+                continue
+            os.kill(pid, signal.SIGSTOP)
+            while not stopped(pid):
+                time.sleep(0.0005)
+            if mutex_owner(cursor) == pid:
+                return pid
+            os.kill(pid, signal.SIGCONT)
+    return None

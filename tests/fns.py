@@ -146,3 +146,15 @@ def big_payload(start, end, arg):
 
 def returns_arg(start, end, arg):
     return arg
+
+
+def fork_a_sleeper(start, end, path):
+    """Fork a child that sleeps for a minute (its pid written to the file ``path``), then hang:
+    the worker is killed with its child still running."""
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(60)
+        os._exit(0)
+    with open(path, "w") as f:
+        f.write(str(pid))
+    time.sleep(60)

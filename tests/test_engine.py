@@ -279,9 +279,9 @@ def test_many_jobs_from_many_threads(engine):
 
 def test_attach_skips_a_dead_worker_and_reports_the_rest(counts):
     with Padata(2) as e:
-        victim = e.workers[0][1]
-        os.kill(victim, signal.SIGKILL)
-        psutil.Process(victim).wait(5)
+        victim = psutil.Process(e.workers[0][1])  # before the kill: once reaped, no pid to look up
+        victim.kill()
+        victim.wait(5)
         seconds = e.attach(counts)
         assert list(seconds) == [1] and seconds[1] >= 0
         e.do_multithreaded(MtJob(fns.count, counts, 0, N, align=1024, max_threads=3))
