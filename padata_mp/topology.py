@@ -78,6 +78,11 @@ def read_topology(root: str | os.PathLike = "/sys", allowed_cpus: set[int] | Non
         raise BadValueError(
             f"the sysfs root {str(root)!r} is not a folder: name the folder sysfs is mounted on"
         )
+    if not (root / "devices/system/cpu").is_dir():  # every Linux sysfs has it, NUMA or not
+        raise BadValueError(
+            f"{str(root)!r} holds no devices/system/cpu, so it is no sysfs: name the folder sysfs "
+            "is mounted on (/sys), or a copy of its devices/system tree"
+        )
     allowed = set(os.sched_getaffinity(0)) if allowed_cpus is None else set(allowed_cpus)
     online_cpus = _read_list(root / "devices/system/cpu/online")
     if online_cpus is not None:

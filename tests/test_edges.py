@@ -4,6 +4,7 @@ bad command line, the README's examples as they are written."""
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -121,7 +122,7 @@ def test_json_dash_is_standard_output():
 def test_an_interrupt_while_starting_up_is_one_line(sig, delay):
     """While Python imports numpy and the engine (the first few tenths of a second), as later."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "padata_mp", "init", "--mem", "32G"],
+        [sys.executable, "-m", "padata_mp", "init", "--mem", "32G", "--verify"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -159,18 +160,27 @@ def readme_examples():
     return re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
 
 
-@pytest.mark.parametrize("how", ["file", "python -c"])
+@pytest.mark.parametrize("how", ["file", "python -c", "stdin"])
 @pytest.mark.parametrize("index", range(len(readme_examples())))
-def test_every_readme_example_runs_as_its_own_file_and_typed_into_python_c(tmp_path, index, how):
+def test_every_readme_example_runs_as_a_file_typed_into_python_c_and_fed_on_stdin(tmp_path, index, how):
     code = textwrap.dedent(readme_examples()[index])
     script = tmp_path / f"example_{index}.py"
     script.write_text(code)
     shm = OwnShm()
-    command = [sys.executable, str(script)] if how == "file" else [sys.executable, "-c", code]
+    command = {
+        "file": [sys.executable, str(script)],
+        "python -c": [sys.executable, "-c", code],
+        "stdin": [sys.executable, "-"],  # python - <<'EOF', as CI jobs and docs do
+    }[how]
     with subprocess.Popen(
-        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command,
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     ) as proc:
-        out, err = proc.communicate(timeout=300)
+        out, err = proc.communicate(code if how == "stdin" else "", timeout=300)
     assert proc.returncode == 0, err
     assert err == "", err
     assert len(out.splitlines()) < 20, out  # an example prints a few lines, never a flood
@@ -187,3 +197,66 @@ def test_the_wheel_holds_every_subpackage_and_the_c_source():
     found = {".".join(p.parent.relative_to(top).parts) for p in (top / "padata_mp").rglob("__init__.py")}
     assert set(config["packages"]) == found
     assert config["package-data"]["padata_mp.native"] == ["*.c"]
+
+
+def test_a_full_dev_shm_is_a_clear_error_and_the_engine_still_starts(tmp_path):
+    """In a mount namespace of its own, over a /dev/shm that is full: the engine needs no named
+    semaphores there, and a block that does not fit is a ShmSpaceError, not a crash."""
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs unshare and root to mount a full /dev/shm of its own")
+    code = (
+        "import numpy as np\n"
+        "from padata_mp import MtJob, Padata, SharedArray, ShmSpaceError\n"
+        "from tests import fns\n"
+        "if __name__ == '__main__':\n"
+        "    with Padata(2) as engine:\n"
+        "        engine.do_multithreaded(MtJob(fns.nothing, None, 0, 64, max_threads=2))\n"
+        "        try:\n"
+        "            SharedArray.create(1 << 20, np.int64)\n"
+        "        except ShmSpaceError as exc:\n"
+        "            print('ShmSpaceError', exc)\n"
+    )
+    (tmp_path / "full.py").write_text(code)
+    shell = (
+        "mount -t tmpfs -o size=256k tmpfs /dev/shm || exit 77; "
+        "head -c 262144 /dev/zero > /dev/shm/filler 2>/dev/null; "
+        f"PYTHONPATH={os.getcwd()} exec {sys.executable} {tmp_path / 'full.py'}"
+    )
+    out = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", shell], capture_output=True, text=True, timeout=120
+    )
+    if out.returncode == 77 or "unshare failed" in out.stderr:
+        pytest.skip(f"cannot mount a /dev/shm of its own here: {out.stderr.strip()}")
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    assert out.stdout.startswith("ShmSpaceError"), out.stdout
+
+
+def test_the_c_kernel_refuses_the_blocks_of_another_machine():
+    """A ZoneJob whose records come from a smaller machine: a clear error, never a segfault (run
+    in a child, so that a crash would fail this test, not end the run)."""
+    code = (
+        "from dataclasses import replace\n"
+        "from padata_mp.mm import Machine\n"
+        "from padata_mp.mm.deferred import init_chunk, init_chunk_c, zone_job\n"
+        "from padata_mp.mm.kernels import check_kernel\n"
+        "from padata_mp import native\n"
+        "with Machine.create('8G') as big, Machine.create('5G') as small:\n"
+        "    zone = big.nodes[0].highest_zone\n"
+        "    compiled = check_kernel('c') if native.build('library').path else None\n"
+        "    job = replace(zone_job(big, zone, compiled), records=small.shared_arrays[2])\n"
+        "    start = zone.end_pfn - 32768\n"
+        "    for fn in [init_chunk] + ([init_chunk_c] if compiled else []):\n"
+        "        try:\n"
+        "            fn(start, zone.end_pfn, job)\n"
+        "        except ValueError as exc:\n"
+        "            print('ValueError', 'another machine' in str(exc))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines and set(lines) == {"ValueError True"}, out.stdout
+
+
+def test_topology_of_a_folder_that_is_no_sysfs_is_one_line(tmp_path):
+    out = run_cli("topology", "--sysfs", str(tmp_path))
+    assert out.returncode == 2 and len(out.stderr.splitlines()) == 1 and "no sysfs" in out.stderr, out.stderr

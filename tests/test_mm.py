@@ -306,3 +306,27 @@ def test_creating_a_machine_says_what_it_is_doing():
     # 640 MiB in 256 MiB pieces: 3 reserved, then 3 mapped, each said as it is done.
     assert [s.rsplit(" ", 1)[1] for s in reserving] == ["20%", "40%", "50%", "70%", "90%", "100%"]
     assert said[-1].startswith("early boot")
+
+
+def test_the_default_kernel_is_the_fastest_here_and_named(engine, monkeypatch):
+    from padata_mp import native
+    from padata_mp.mm.kernels import choose_kernel
+
+    built = native.build("library").path is not None
+    expected = choose_kernel("auto")[0]
+    assert expected == ("numpy" if not built else expected)
+    with Machine.create("5G") as machine:
+        result = deferred_init(machine, engine)
+        assert result.kernel == expected and result.attach_ms > 0
+        machine.verify()
+    if built:
+        assert expected in ("c", "c-stream")
+    # No compiler: numpy, and it says so in the result.
+    monkeypatch.setattr("padata_mp.mm.kernels.build", lambda kind: native.Built(None, "no C compiler"))
+    with Machine.create("5G") as machine:
+        result = deferred_init(machine, engine)
+        assert result.kernel == "numpy"
+        machine.verify()
+    with Machine.create("5G") as machine:
+        assert deferred_init(machine, engine, kernel="numpy").kernel == "numpy"
+        machine.verify()

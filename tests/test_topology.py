@@ -22,8 +22,8 @@ def fake_sysfs(
         d.mkdir()
         (d / "cpulist").write_text(cpulist + "\n")
         (d / "meminfo").write_text(f"Node {nid} MemTotal:       {kb} kB\nNode {nid} MemFree: 1 kB\n")
+    (root / "devices/system/cpu").mkdir(parents=True)  # every sysfs has it
     if online_cpus is not None:
-        (root / "devices/system/cpu").mkdir(parents=True)
         (root / "devices/system/cpu/online").write_text(online_cpus + "\n")
     if cpu_max is not None:
         (root / "fs/cgroup").mkdir(parents=True)
@@ -67,6 +67,7 @@ def test_cgroup_quota_caps_the_cpus(tmp_path):
 
 
 def test_no_numa_in_the_kernel(tmp_path):
+    (tmp_path / "devices/system/cpu").mkdir(parents=True)  # a sysfs with no node directory
     t = read_topology(tmp_path, allowed_cpus={0, 1})
     assert len(t.nodes) == 1 and t.nodes[0].cpus == (0, 1)
 
@@ -125,3 +126,10 @@ def test_numa_aware_helpers_go_round_robin_across_jobs(counts):
             report = e.do_multithreaded(job)
             seen.append({node_of[w] for _, _, w in report.chunks if w != -1})
         assert seen == [{0}, {1}]
+
+
+def test_a_folder_that_is_no_sysfs_is_refused(tmp_path):
+    from padata_mp import BadValueError
+
+    with pytest.raises(BadValueError, match="no sysfs"):
+        read_topology(tmp_path)

@@ -1,7 +1,9 @@
-"""The chunk kernels that write struct pages: numpy's (the library's default) and the compiled one
-(padata_mp.native's library through ctypes, which needs a C compiler), storing either as the
-kernel does (``"c"``: cached stores) or streaming (``"c-stream"``: non-temporal stores, the widest
-the CPU has, which skip reading each line before writing it).  All write the same words.
+"""The chunk kernels that write struct pages: numpy's and the compiled one (padata_mp.native's
+library through ctypes, which needs a C compiler), storing either as the kernel does (``"c"``:
+cached stores) or streaming (``"c-stream"``: non-temporal stores, the widest the CPU has, which
+skip reading each line before writing it).  All write the same words.  ``"auto"``, the default,
+is the fastest that is here: c-stream where the library builds, passes its self-test and the CPU
+streams, else c, else numpy (as numpy itself picks its fastest loops at run time).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from ..native import build, load, stream_width
 
 Kernel = Literal["numpy", "c", "c-stream"]
 KERNELS: tuple[Kernel, ...] = get_args(Kernel)
+KernelChoice = Literal["auto", "numpy", "c", "c-stream"]  # what a caller may ask for
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -33,12 +37,29 @@ class Compiled:
             raise OSError(-error, f"the C kernel ({self.library}) failed on [{start}, {end})")
 
 
+def choose_kernel(kernel: str) -> tuple[Kernel, Compiled | None]:
+    """The kernel ``kernel`` names ("auto": the fastest here) and its compiled library (None for
+    numpy's), built now, before any work."""
+    if kernel != AUTO:
+        return kernel, check_kernel(kernel)  # type: ignore[return-value]  # checked there
+    built = build("library")
+    if built.path is None:
+        return "numpy", None
+    chosen: Kernel = "c-stream" if stream_width(str(built.path)) else "c"
+    return chosen, Compiled(str(built.path), chosen == "c-stream")
+
+
 def check_kernel(kernel: str) -> Compiled | None:
     """The compiled kernel ``kernel`` names (None for numpy's), its library built now: before any
     work, a bad name is a BadValueError and a library that cannot be built a PadataError saying
     why.  Where the CPU has no non-temporal stores, "c-stream" says so (a RuntimeWarning, once)
     and stores plainly."""
-    require(kernel in KERNELS, f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+    require(
+        kernel in KERNELS or kernel == AUTO,
+        f"kernel must be one of {AUTO}, {', '.join(KERNELS)}, got {kernel!r}",
+    )
+    if kernel == AUTO:
+        return choose_kernel(kernel)[1]
     if kernel == "numpy":
         return None
     built = build("library")

@@ -20,7 +20,7 @@ from ..pool import Padata
 from ..ranges import ceil_div
 from ..shm import BlockOwner, SharedArray
 from . import pages as pg
-from .kernels import Compiled, Kernel, check_kernel
+from .kernels import Compiled, KernelChoice, choose_kernel
 from .runner import NodeRun, run_work
 from .sizes import parse_size
 from .verify import VERIFY_BLOCK, VerifyError, compare_words
@@ -148,9 +148,9 @@ class DeviceInitWork:
 
     bytes_per_page = pg.STRUCT_PAGE_SIZE
 
-    def __init__(self, device: DeviceMemory, kernel: str = "numpy"):
+    def __init__(self, device: DeviceMemory, kernel: str = "auto"):
         self.device = device
-        self.compiled = check_kernel(kernel)
+        self.kernel, self.compiled = choose_kernel(kernel)
         self.pages = device.pages
 
     def begin(self, threads: dict[int, int]) -> dict[int, MtJob]:
@@ -178,10 +178,18 @@ class DeviceInitWork:
 
 
 def memmap_init_zone_device(
-    device: DeviceMemory, engine: Padata | None = None, threads: int | None = None, kernel: Kernel = "numpy"
+    device: DeviceMemory,
+    engine: Padata | None = None,
+    threads: int | None = None,
+    kernel: KernelChoice = "auto",
 ) -> NodeRun:
     """Initialise the device's struct pages in parallel: one job, section-aligned chunks, helpers
     on the engine node hosting the device's node (``threads`` of them at most, default its CPUs).
-    ``kernel``: "numpy" (the default), "c" or "c-stream" (non-temporal stores, the series' own
-    approach); a C kernel that cannot be built raises PadataError before any work."""
-    return run_work(DeviceInitWork(device, kernel), [device.node], engine, threads)
+    ``kernel``: "auto" (the default: the fastest here), "numpy", "c" or "c-stream" (non-temporal
+    stores, the series' own approach); a C kernel asked for by name that cannot be built raises
+    PadataError before any work.  The device's blocks are attached first, timed apart
+    (``attach_ms``); the result's ``kernel`` names the kernel that ran."""
+    work = DeviceInitWork(device, kernel)
+    run = run_work(work, [device.node], engine, threads, arrays=device.shared_arrays)
+    run.kernel = work.kernel
+    return run

@@ -18,6 +18,7 @@ from ..job import MtJob
 from ..pool import JobReport, Padata, default_engine
 from ..ranges import Ranges
 from ..running import JobFuture, Progress, stop_all
+from ..shm import SharedArray
 
 log = logging.getLogger("padata_mp.mm")
 PROGRESS_S = 0.25
@@ -50,13 +51,17 @@ class NodeWork(Protocol):
 @dataclass
 class NodeRun:
     """What a NodeWork run did: per node, milliseconds (its job and its ``end``) and the job's
-    report; ``elapsed_ms`` from ``begin`` to the last ``end``, the kernel's "slowest node" figure."""
+    report; ``elapsed_ms`` from ``begin`` to the last ``end``, the kernel's "slowest node" figure.
+    ``attach_ms``: mapping the work's blocks in the workers first, apart from the job's time;
+    ``kernel``: the chunk kernel that ran, for the works that have several."""
 
     node_ms: dict[int, float]
     reports: dict[int, JobReport] = field(default_factory=dict)
     elapsed_ms: float = 0.0
     pages: int = 0
     retried: dict[int, Ranges] = field(default_factory=dict)  # re-run after a helper died
+    attach_ms: float = 0.0
+    kernel: str = ""
 
 
 def _fraction(progress: list[Progress]) -> float:
@@ -79,6 +84,7 @@ def run_work(
     engine: Padata | None = None,
     threads: int | None = None,
     on_progress: Callable[[float], None] | None = None,
+    arrays: Sequence[SharedArray] = (),
 ) -> NodeRun:
     """Run ``work`` on the simulated ``nodes`` it spans: every node's job at once, each with its
     helpers (and its caller) on the engine node hosting it.  Raises the first node's error once
@@ -90,8 +96,13 @@ def run_work(
     Without ``on_progress``, the calling thread is the caller of the last node's job, as the
     kernel's caller works too, where every CPU it may run on is that job's host node's (always on
     a one-node host): a job of one call then runs right here, with no process hop, and the
-    others are submitted.  With ``on_progress`` every job is submitted and this thread reports."""
+    others are submitted.  With ``on_progress`` every job is submitted and this thread reports.
+    ``arrays`` are attached in every idle worker first, timed apart (``attach_ms``)."""
     engine = engine or default_engine()
+    attach_began = time.perf_counter()
+    if arrays:
+        engine.attach(*arrays)
+    attach_ms = (time.perf_counter() - attach_began) * 1e3
     hosts = engine.topology.nodes_with_cpus
     began = time.perf_counter()
     jobs = work.begin(node_threads(engine, nodes, threads))
@@ -125,7 +136,7 @@ def run_work(
     if on_progress is not None:
         on_progress(1.0)
     reports.update((node, future.result()) for node, future in futures.items())  # the first error
-    run = NodeRun({}, pages=work.pages)
+    run = NodeRun({}, pages=work.pages, attach_ms=attach_ms)
     for node in jobs:
         report = run.reports[node] = reports[node]
         began_end = time.perf_counter()

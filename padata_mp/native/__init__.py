@@ -89,28 +89,36 @@ def _identity(cc: str) -> bytes:
     """What names the compiler's output: its real path, its version and its target."""
     lines = [os.path.realpath(cc).encode()]
     for option in ("--version", "-dumpmachine"):
-        ran = subprocess.run([cc, option], capture_output=True, timeout=CHECK_TIMEOUT_S)
-        lines.append(ran.stdout)
+        lines.append(_run([cc, option], CHECK_TIMEOUT_S).stdout)
     return b"\n".join(lines)
 
 
-def _compile(command: list[str]) -> str:
-    """Run the compiler in its own process group, bounded: why it failed, empty when it did not.  On a
-    timeout or an interrupt (Ctrl-C, SIGTERM) the whole group is killed, so nothing is left."""
+def _run(command: list[str], timeout: float) -> subprocess.CompletedProcess[bytes]:
+    """Run ``command`` in its own process group, bounded.  On a timeout (TimeoutExpired) or an
+    interrupt (Ctrl-C, SIGTERM) the whole group is killed first, so nothing it started is left."""
     with subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
     ) as made:
         try:
-            _, err = made.communicate(timeout=BUILD_TIMEOUT_S)
-        except BaseException as exc:
+            out, err = made.communicate(timeout=timeout)
+        except BaseException:
             os.killpg(made.pid, signal.SIGKILL)
             made.wait()
-            if isinstance(exc, subprocess.TimeoutExpired):
-                return f"took over {BUILD_TIMEOUT_S:g} s and was stopped"
             raise
-    if made.returncode != 0:
-        return "failed: " + (err.strip().splitlines() or [f"exit status {made.returncode}"])[-1]
-    return ""
+    return subprocess.CompletedProcess(command, made.returncode, out, err)
+
+
+def _last_line(ran: subprocess.CompletedProcess[bytes]) -> str:
+    return (ran.stderr.decode(errors="replace").strip().splitlines() or [f"exit status {ran.returncode}"])[-1]
+
+
+def _compile(command: list[str]) -> str:
+    """Run the compiler (``_run``): why it failed, empty when it did not."""
+    try:
+        ran = _run(command, BUILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return f"took over {BUILD_TIMEOUT_S:g} s and was stopped"
+    return f"failed: {_last_line(ran)}" if ran.returncode else ""
 
 
 def _check(kind: str, path: Path) -> str:
@@ -120,13 +128,10 @@ def _check(kind: str, path: Path) -> str:
         [str(path), "--self-test"] if kind == "program" else [sys.executable, "-c", _LIBRARY_CHECK, str(path)]
     )
     try:
-        ran = subprocess.run(command, capture_output=True, text=True, timeout=CHECK_TIMEOUT_S)
+        ran = _run(command, CHECK_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"built a {kind} that fails its self-test: {exc}"
-    if ran.returncode != 0:
-        said = (ran.stderr.strip().splitlines() or [f"exit status {ran.returncode}"])[-1]
-        return f"built a {kind} that fails its self-test: {said}"
-    return ""
+    return f"built a {kind} that fails its self-test: {_last_line(ran)}" if ran.returncode else ""
 
 
 @functools.cache
