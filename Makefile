@@ -9,7 +9,7 @@ READY := $(VENV)/.ready
 $(READY): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,dev,progress]'
+	$(BIN)/python -m pip install --quiet -e '.[test,dev,progress,peers]'
 	touch $@
 
 bench: $(READY)

@@ -172,7 +172,8 @@ def test_bench_writes_json_and_csv(tmp_path):
         assert all("c" in r["ratios"] for r in streamed) and "c-stream over c" in out.stdout
     lines = (tmp_path / "b.csv").read_text().splitlines()
     assert lines[0].startswith("kind,name,kernel,threads,")
-    assert len(lines) == 1 + len(data["rows"]) + len(data["native"]) + len(data["peers"])
+    assert len(lines) == 1 + sum(len(data[k]) for k in ("rows", "native", "peers", "ceilings"))
+    assert {c["threads"] for c in data["ceilings"]} == set(counts) - {0}  # measured like the rows
     assert shm.left(out.pid) == set()
 
 

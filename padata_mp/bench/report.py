@@ -31,9 +31,9 @@ CSV_FIELDS = (
 )
 
 
-def _interval(row: Row) -> str:
+def _interval(row: Row, width: int = 7) -> str:
     lo, hi = row.ci95_ms
-    return f"{row.time_ms:8.1f} [{lo:7.1f}, {hi:7.1f}]"
+    return f"{row.time_ms:{width + 1}.1f} [{lo:{width}.1f}, {hi:{width}.1f}]"
 
 
 def _ratio(row: Row, against: str, inverse: bool = False) -> str:
@@ -54,19 +54,26 @@ def table(result: Result) -> str:
     host_nodes = [n for n in m["nodes"] if n["cpus"]]
     cpus = min(len(n["cpus"]) for n in host_nodes)
     per_node = ", ".join(f"{b / 2**30:.1f}" for b in m["mem_per_node_bytes"])
+    # Every time column as wide as its widest value.
+    width = max(7, *(len(f"{max(r.ci95_ms):.1f}") for r in result.all_rows()))
     times = f"time_ms [{interval_name(result)}]"
+    span = max(len(times), len(_interval(result.all_rows()[0], width)))
     lines = [
         f"{m['cpu_model']}, {len(host_nodes)} node(s) x {cpus} CPU(s) ({m['topology']})",
         f"job: {JOBS[config['job']].description}; simulated: {config['nodes']} node(s), GiB per node "
         f"{per_node}; {m['memmap_bytes'] / 2**30:.2f} GiB written to; {result.pages} pages",
         f"phases: create {phases['create']:.2f} s, attach {phases['attach']:.2f} s, "
-        f"verify {phases.get('verify', 0):.2f} s; engine round trip {result.round_trip_ms:.2f} ms; "
-        f"the job below: median of {config['repeat']} [{interval_name(result)}]",
+        f"verify {phases.get('verify', 0):.2f} s; engine round trip {result.round_trip_ms:.2f} ms",
         *_streaming_stores(config),
         "",
-        f"  node% (thr) | kernel   | speedup  ratio  | {times:26} | Mpages/s |  GB/s "
+        f"  A row is one configuration: the median of {config['repeat']} runs [{interval_name(result)}]; "
+        "(0) is the",
+        "  job's plain loop in one process, no engine.  Ratios divide times, above 1 where padata_mp is",
+        "  faster: ratio = (0)'s / this; of native = the native reference's / this (same threads).",
+        "",
+        f"  node% (thr) | kernel   | speedup  ratio  | {times:{span}} | Mpages/s |  GB/s "
         "| % of ceiling | of native",
-        "  ----------- | -------- | --------------- | -------------------------- | -------- | ----- "
+        f"  ----------- | -------- | --------------- | {'-' * span} | -------- | ----- "
         "| ------------ | ---------",
     ]
     for row in result.rows:
@@ -74,40 +81,48 @@ def table(result: Result) -> str:
         ceiling = "" if row.ceiling_fraction is None else f"{100 * row.ceiling_fraction:5.1f}%"
         lines.append(
             f"  {where:>11} | {row.kernel:8} | {row.speedup:6.1f}% {_ratio(row, 'plain'):6} | "
-            f"{_interval(row)} | {row.pages_per_s / 1e6:8.1f} | {row.gbps:5.2f} | {ceiling:>12} | "
-            f"{_ratio(row, 'native')}"
+            f"{_interval(row, width):{span}} | {row.pages_per_s / 1e6:8.1f} | {row.gbps:5.2f} | "
+            f"{ceiling:>12} | {_ratio(row, 'native')}"
         )
-    if result.ceiling:
-        lines += ["", f"  ceiling ({result.ceiling_method}), GB/s by processes:"]
-        for count, by_how in result.ceiling.items():
-            lines.append(f"    {count}: " + ", ".join(f"{how} {gbps:.1f}" for how, gbps in by_how.items()))
-    others = result.native + result.peers
-    if others:
+    if result.ceilings:
         lines += [
             "",
-            f"  {'other (thr)':34} | kernel   | {times:26} | Mpages/s | padata_mp vs this",
+            f"  {'store ceiling (thr)':22} | stores      | {times:{span}} |  GB/s",
+        ]
+        for c in result.ceilings:
+            lines.append(
+                f"  {f'{c.node_percent:5.0f}% ({c.threads})':>22} | {c.kernel:11} | "
+                f"{_interval(c, width):{span}} | {c.gbps:5.1f}"
+            )
+    others = result.native + result.peers
+    if others:
+        name_width = max(len(f"{o.name} ({o.threads})") for o in others)
+        lines += [
+            "",
+            f"  {'other (thr)':{name_width}} | kernel   | {times:{span}} | Mpages/s | padata_mp vs this",
         ]
         for o in others:
+            name = f"{o.name} ({o.threads})"
             lines.append(
-                f"  {o.name + f' ({o.threads})':34} | {o.kernel:8} | {_interval(o)} | "
+                f"  {name:{name_width}} | {o.kernel:8} | {_interval(o, width):{span}} | "
                 f"{o.pages_per_s / 1e6:8.1f} | {_ratio(o, 'padata_mp', inverse=True)}"
             )
     lines += [
         "",
-        "  (0): the job's plain loop, one process and no engine: the kernel series' baseline row.",
-        "  speedup: % of the (0) row's time saved.  Every ratio is above 1 where padata_mp is the",
-        "  faster: ratio = (0)'s time / this; of native = the native reference's time / this (same",
-        "  threads); padata_mp vs this = this row's time / the engine's (same kernel and threads);",
-        "  * where the ratio's 95% interval excludes 1.  % of ceiling: GB/s over the non-temporal",
-        "  store ceiling (the memory's write limit; the best other where there is none) of as many",
-        "  processes, the (0) row's of one.",
+        "  speedup: % of the (0) row's time saved.  * where a ratio's 95% interval excludes 1.",
+        "  % of ceiling: GB/s over the store ceiling's median at the same threads, from the same",
+        "  rounds (non-temporal where measured: the memory's write limit; the (0) row: one thread).",
+        f"  store ceiling: {result.ceiling_method}.",
+        "  padata_mp vs this: this row's time / the engine's, same kernel and threads.",
     ]
     streaming = _streaming_gain(result)
     if streaming:
         lines += ["", f"  c-stream over c (c's time / c-stream's, same configuration): {streaming}"]
-    for note, items in (("skipped", result.skipped), ("warnings", result.warnings)):
-        if items:
-            lines += ["", f"  {note}:"] + [f"  - {item}" for item in items]
+    if result.skipped:
+        lines += ["", "  skipped:"] + [f"  - {item}" for item in result.skipped]
+    if result.warning_kinds:
+        lines += ["", "  warnings (--json lists the rows each names):"]
+        lines += [f"  - {kind}" for kind in result.warning_kinds]
     return "\n".join(lines)
 
 

@@ -2,7 +2,9 @@
 ``padata_mp.bench/2``, docs/bench-schema.md).
 
 Every configuration is a ``Row``: the plain single-process loop (the kernel series' "(0)" row), the
-engine at a thread count, the native C reference, or a Python peer; each keeps every run's time.
+engine at a thread count, the native C reference, a Python peer, or the store ceiling (one pass of
+as many processes storing over the block); each keeps every run's time, and a row's ``% of
+ceiling`` divides medians of the same rounds.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from .stats import Ratio, median_ci95, ratio
 SCHEMA = "padata_mp.bench/2"
 NATIVE = "native (C, pthreads)"
 NATIVE_STREAM = "native (C, pthreads, streaming)"
+CEILING = "store ceiling"
+MODE_GAP = 0.25  # a gap between sorted ceiling runs this wide (over their median) splits two modes
 # The warnings' thresholds.
 SPREAD = 0.10  # the median's 95% interval wider than this fraction of it
 MIN_RUNS = 5
@@ -29,17 +33,18 @@ LOAD_AVERAGE = 0.5
 MAX_BYTES = 16 * 2**20
 MAX_ROWS = 1000
 MAX_RUNS = 10_000
-KINDS = ("plain", "padata_mp", "native", "peer")
+KINDS = ("plain", "padata_mp", "native", "peer", "ceiling")
 
 
 @dataclass
 class Row:
     """One configuration's runs and what follows from them.  ``kind``: "plain", "padata_mp",
-    "native" or "peer"; ``kernel``: the chunk work ("numpy", "c" or "c-stream"); ``threads``: 0
-    for the plain row.  ``ratios`` hold other configurations' median time over this one's:
-    "plain" (the plain row of the same kernel: the table's ratio), "native" (the native reference
-    of the same stores at the same threads), "padata_mp" (the engine with the same kernel at the
-    same threads), "c" (for c-stream rows: the same row with the kernel's cached stores)."""
+    "native", "peer" or "ceiling"; ``kernel``: the chunk work ("numpy", "c" or "c-stream"), or for
+    the ceiling how it stores ("plain", "nontemporal", "fill"); ``threads``: 0 for the plain row.
+    ``ratios`` hold other configurations' median time over this one's: "plain" (the plain row of
+    the same kernel: the table's ratio), "native" (the native reference of the same stores at the
+    same threads), "padata_mp" (the engine with the same kernel at the same threads), "c" (for
+    c-stream rows: the same row with the kernel's cached stores)."""
 
     kind: str
     name: str
@@ -88,8 +93,9 @@ class Row:
 
 @dataclass
 class Result:
-    """Everything one ``padata-mp bench`` run measured.  ``ceiling``: the store bandwidth per
-    process count, GB/s by how it was stored, and ``ceiling_method`` says how it was measured.
+    """Everything one ``padata-mp bench`` run measured.  ``ceilings``: the store ceiling's rows;
+    ``ceiling``: their median GB/s per thread count and way of storing (what ``% of ceiling``
+    divides by), and ``ceiling_method`` says how it was measured.
     ``skipped`` says what was not measured and why (no compiler, a job without a native
     reference)."""
 
@@ -104,12 +110,14 @@ class Result:
     rows: list[Row] = field(default_factory=list)  # plain and padata_mp
     native: list[Row] = field(default_factory=list)
     peers: list[Row] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    ceilings: list[Row] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # each with the rows it names, as the JSON keeps them
+    warning_kinds: list[str] = field(default_factory=list)  # each with a count of its rows: the table's
     skipped: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)  # schema, version, created, argv
 
     def all_rows(self) -> list[Row]:
-        return [*self.rows, *self.native, *self.peers]
+        return [*self.rows, *self.native, *self.peers, *self.ceilings]
 
     def find(self, kind: str, kernel: str, threads: int) -> Row | None:
         return next(
@@ -119,7 +127,17 @@ class Result:
     def finish(self) -> None:
         """Rates, ceiling fractions, ratios and warnings, from the runs."""
         node_cpus = min(len(n["cpus"]) for n in self.machine["nodes"] if n["cpus"])
+        stored = self.machine.get("memmap_bytes", 0)  # what a ceiling pass writes
+        for row in self.ceilings:
+            row.node_percent = 100.0 * row.threads / node_cpus
+            row.gbps = stored / (row.time_ms / 1e3) / 1e9
+        if self.ceilings:
+            self.ceiling = {}
+            for row in self.ceilings:
+                self.ceiling.setdefault(row.threads, {})[row.kernel] = row.gbps
         for row in self.all_rows():
+            if row.kind == "ceiling":
+                continue
             row.node_percent = 100.0 * row.threads / node_cpus
             row.pages_per_s = self.pages / (row.time_ms / 1e3)
             row.gbps = row.pages_per_s * self.bytes_per_page / 1e9
@@ -138,17 +156,19 @@ class Result:
                 for name, other in against.items()
                 if other is not None and other is not row
             }
-        self.warnings = warnings(self)
+        found = warnings(self)
+        self.warnings = [f"{kind}: {', '.join(rows)}" if rows else kind for kind, rows in found]
+        self.warning_kinds = [f"{kind} ({len(rows)} rows)" if rows else kind for kind, rows in found]
 
     def to_json(self) -> dict[str, Any]:
         data = {**self.meta, **asdict(self)}
-        del data["meta"]
+        del data["meta"], data["warning_kinds"]
         data["ceiling"] = {
             "method": self.ceiling_method,
             "gbps": {str(k): v for k, v in self.ceiling.items()},
         }
         del data["ceiling_method"]
-        for name in ("rows", "native", "peers"):
+        for name in ("rows", "native", "peers", "ceilings"):
             data[name] = [r.to_json() for r in getattr(self, name)]
         return data
 
@@ -166,8 +186,8 @@ class Result:
             k: data[k] for k in ("schema", "padata_mp_version", "created", "argv") if k in data
         }
         result = cls(data["machine"], data["config"], data["pages"], data["bytes_per_page"], meta=meta)
-        result.rows, result.native, result.peers = (
-            [Row.from_json(r) for r in data[name]] for name in ("rows", "native", "peers")
+        result.rows, result.native, result.peers, result.ceilings = (
+            [Row.from_json(r) for r in data.get(name, [])] for name in ("rows", "native", "peers", "ceilings")
         )
         result.warnings, result.skipped = data["warnings"], data["skipped"]
         return result
@@ -212,7 +232,9 @@ def _check_result(data: dict[str, Any], source: str) -> None:
     for name in ("cpu_model", "git_commit"):
         need(isinstance(data["machine"].get(name) or "", str), f"machine.{name} must be a string or null")
     keys = set()
-    for name in ("rows", "native", "peers"):
+    for name in ("rows", "native", "peers", "ceilings"):
+        if name == "ceilings" and name not in data:  # results from before the ceiling was rows
+            continue
         need(isinstance(data.get(name), list), f"{name} must be a list of rows")
         need(len(data[name]) <= MAX_ROWS, f"{name} holds over {MAX_ROWS} rows")
         for i, row in enumerate(data[name]):
@@ -257,18 +279,24 @@ def spread(row: Row) -> float:
     return (high - low) / row.time_ms
 
 
-def warnings(result: Result) -> list[str]:
-    """What makes this run's figures less than trustworthy, one line each."""
-    out = []
+def warnings(result: Result) -> list[tuple[str, list[str]]]:
+    """What makes this run's figures less than trustworthy: each kind of warning, with the rows
+    (and their figure) it names, if it names rows."""
+    out: list[tuple[str, list[str]]] = []
     noisy = [f"{label(row)} {spread(row):.0%}" for row in result.all_rows() if spread(row) > SPREAD]
     if noisy:
         out.append(
-            f"spread over {SPREAD:.0%} (95% interval over the median): {', '.join(noisy)}; more runs "
-            "(--repeat), a quiet machine and a fixed CPU frequency narrow it"
+            (
+                f"spread over {SPREAD:.0%} (95% interval over the median; more runs (--repeat), a quiet "
+                "machine and a fixed CPU frequency narrow it)",
+                noisy,
+            )
         )
     runs = min(len(r.times_ms) for r in result.all_rows())
     if runs < MIN_RUNS:
-        out.append(f"{runs} run(s) per configuration: fewer than {MIN_RUNS}, the intervals are [min, max]")
+        out.append(
+            (f"{runs} run(s) per configuration: fewer than {MIN_RUNS}, the intervals are [min, max]", [])
+        )
     # Only the engine's rows pay its round trip; the plain loop, native code and the peers do not.
     short = [
         label(r)
@@ -277,24 +305,66 @@ def warnings(result: Result) -> list[str]:
     ]
     if short:
         out.append(
-            f"shorter than {ROUND_TRIPS}x the engine's round trip ({result.round_trip_ms:.2f} ms), "
-            f"so the engine's fixed cost weighs: {', '.join(short)}"
+            (
+                f"shorter than {ROUND_TRIPS}x the engine's round trip ({result.round_trip_ms:.2f} ms), "
+                "so the engine's fixed cost weighs",
+                short,
+            )
         )
-    above = [
-        f"{label(r)} {r.ceiling_fraction:.0%}" for r in result.all_rows() if (r.ceiling_fraction or 0) > 1
-    ]
+    modal = []
+    for row in result.ceilings:
+        modes = _modes(row.times_ms)
+        if modes:
+            slow, fast = (result.machine.get("memmap_bytes", 0) / t / 1e6 for t in modes)
+            modal.append(f"{label(row)} {slow:.1f} and {fast:.1f} GB/s")
+    if modal:
+        out.append(
+            ("store ceilings whose runs fall in two modes (a share of the median depends on the mix)", modal)
+        )
+    above = []
+    for r in result.all_rows():
+        if (r.ceiling_fraction or 0) > 1:
+            limit = _limit_row(result, r.threads or 1)
+            ceiling_suspect = limit is not None and spread(limit) > max(SPREAD, spread(r))
+            suspect = (
+                f"the ceiling's spread {spread(limit):.0%}"
+                if ceiling_suspect and limit
+                else (f"the row's spread {spread(r):.0%}")
+            )
+            above.append(f"{label(r)} {r.ceiling_fraction:.0%}, suspect {suspect}")
     if above:
         out.append(
-            f"above the store ceiling, which was measured low (it varies from run to run): {', '.join(above)}"
+            ("above their store ceiling (the suspect figure is the one whose runs spread more)", above)
         )
     best = [(t, write_limit(c)) for t, c in sorted(result.ceiling.items())]
     for (t1, g1), (t2, g2) in itertools.pairwise(best):
         if g2 < g1:
-            out.append(f"the store ceiling falls from {g1:.1f} GB/s at {t1} to {g2:.1f} at {t2} processes")
+            out.append(
+                (f"the store ceiling falls from {g1:.1f} GB/s at {t1} to {g2:.1f} at {t2} thread(s)", [])
+            )
     load_average = result.machine.get("load_average", [0.0])[0]
     if load_average > LOAD_AVERAGE:
-        out.append(f"load average {load_average:.2f} when the run started: other work shared the CPUs")
+        out.append((f"load average {load_average:.2f} when the run started: other work shared the CPUs", []))
     return out
+
+
+def _modes(times_ms: list[float]) -> tuple[float, float] | None:
+    """The medians of two modes in a row's runs, slow then fast, where the widest gap between two
+    sorted runs is over MODE_GAP of their median with at least two runs either side; else None."""
+    ordered = sorted(times_ms)
+    if len(ordered) < 4:
+        return None
+    gaps = [(ordered[i + 1] - ordered[i], i + 1) for i in range(1, len(ordered) - 2)]
+    gap, cut = max(gaps)
+    if gap <= MODE_GAP * statistics.median(ordered):
+        return None
+    return statistics.median(ordered[cut:]), statistics.median(ordered[:cut])
+
+
+def _limit_row(result: Result, threads: int) -> Row | None:
+    """The ceiling row a row at ``threads`` is a share of (write_limit's choice)."""
+    rows = {r.kernel: r for r in result.ceilings if r.threads == threads}
+    return rows.get("nontemporal") or max(rows.values(), key=lambda r: r.gbps, default=None)
 
 
 def label(row: Row) -> str:
@@ -303,4 +373,6 @@ def label(row: Row) -> str:
         return f"(0) ({row.kernel})"
     if row.kind == "padata_mp":
         return f"padata_mp ({row.kernel}) ({row.threads})"
+    if row.kind == "ceiling":
+        return f"{row.name}, {row.kernel} ({row.threads})"
     return f"{row.name} ({row.threads})"

@@ -36,7 +36,7 @@ from ..pool import Padata
 from ..topology import Topology
 from . import native, workloads
 from .peers import peer_run, peers
-from .results import NATIVE, NATIVE_STREAM, SCHEMA, Result, Row
+from .results import CEILING, NATIVE, NATIVE_STREAM, SCHEMA, Result, Row
 from .workloads import Workload
 
 KERNEL_PERCENTS = (12, 25, 37, 50, 75, 100)  # the series' thread counts, as % of a node's CPUs
@@ -118,24 +118,32 @@ def run(
         # The ceiling runs as many processes as the job does: threads on each busy node.
         busy_nodes = min(load.nodes, len(topology.nodes_with_cpus))
         result.ceiling_method = native.NATIVE_CEILING if library.path else native.ENGINE_CEILING
-        result.ceiling = {count: ceiling(engine, load, count * busy_nodes, library.path) for count in counts}
         with contextlib.ExitStack() as pools:
             runs = configurations(engine, load, counts, program, pools if with_peers else None)
+            runs.update(ceilings(engine, load, counts, busy_nodes, library.path))
             times = rounds(load, runs, repeat, result.phases_s)
     for (kind, name, kernel_of, count), ms in times.items():
-        rows = {"native": result.native, "peer": result.peers}.get(kind, result.rows)
+        rows = {"native": result.native, "peer": result.peers, "ceiling": result.ceilings}.get(
+            kind, result.rows
+        )
         rows.append(Row(kind, name, kernel_of, count, ms))
     result.finish()
     return result
 
 
-def ceiling(engine: Padata, load: Workload, processes: int, library: Path | None) -> dict[str, float]:
-    """GB/s of ``processes`` storing over the block the job writes: the C library's pthreads
-    where it was built, else the engine's processes."""
-    progress(f"ceiling, {processes} process(es)")
-    if library:
-        return native.native_ceiling(library, load.written, processes)
-    return native.engine_ceiling(engine, load.written, processes)
+def ceilings(
+    engine: Padata, load: Workload, counts: list[int], busy_nodes: int, library: Path | None
+) -> dict[Key, Callable[[], float]]:
+    """The store ceiling's configurations, by Row.key: at each thread count, as many processes as
+    the job runs (threads on each busy node) storing over the block the job writes, each way
+    native.ceiling_kinds has; ms a pass."""
+    return {
+        ("ceiling", CEILING, how, count): functools.partial(
+            native.store_ms, library, engine, load.written, count * busy_nodes, how
+        )
+        for count in counts
+        for how in native.ceiling_kinds(library)
+    }
 
 
 def _skip(skipped: list[str], why: str) -> None:
@@ -254,6 +262,9 @@ def rounds(
         progress(f"round {round_ + 1}/{repeat}: {len(runs)} configurations{left}")
         shift = round_ % len(keys)
         for key in keys[shift:] + keys[:shift]:
+            if key[0] == "ceiling":  # a pattern stored over the block: nothing to restore or prove
+                times[key].append(runs[key]())
+                continue
             load.restore()
             times[key].append(runs[key]())
             verified = time.perf_counter()
