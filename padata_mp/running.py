@@ -23,7 +23,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError, Future
-from concurrent.futures._base import CANCELLED_AND_NOTIFIED
+from concurrent.futures._base import CANCELLED_AND_NOTIFIED, FINISHED
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,7 +109,7 @@ class JobFuture(Future):
         while True:
             with self._stopped_by_ctrl_c():
                 self._wait(interval)
-                finished = self.done()
+                finished = self._ended_now()
                 progress = self.progress()
             yield progress
             if finished:
@@ -159,7 +159,9 @@ class JobFuture(Future):
         """Claimed and done so far (re-runs after a helper died count again, capped at size)."""
         with self._lock:
             finished, running = self._finished, self._running
-        if self.done() and not self.cancelled() and super().exception(0) is None:
+        # The job's outcome read without the Future's condition: a Ctrl-C handler that stops the
+        # job may run here, and must not find that lock held while it waits for the job's end.
+        if self._ended_now() and self._state == FINISHED and self._exception is None:
             return Progress(self.size, self.size, self.size)
         claimed, done = running.progress() if running else (0, 0)
         return Progress(self.size, min(self.size, finished + claimed), min(self.size, finished + done))
@@ -187,16 +189,22 @@ class JobFuture(Future):
     def _settled(self, timeout: float | None) -> None:
         """Wait for the end (as result() does) and for the progress reporters' last word; raise
         the JobCancelledError of a cancelled job."""
-        if not self.done():
+        if not self._ended_now():
             with self._stopped_by_ctrl_c():
                 self._wait(timeout)
-        if self.done():
+        if self._ended_now():
             with self._lock:
                 reporters = [t for t in self._reporters if t is not threading.current_thread()]
             for thread in reporters:
                 thread.join(STOP_TIMEOUT_S)
         if self.cancelled():
             raise self._exception  # type: ignore[misc]  # the JobCancelledError the job ended with
+
+    def _ended_now(self) -> bool:
+        """The job has ended (its outcome is set): a look at the descriptor, no lock taken."""
+        poller = select.poll()
+        poller.register(self._ended, select.POLLIN)
+        return bool(poller.poll(0))
 
     def _wait(self, timeout: float | None) -> None:
         """Until the job has ended or ``timeout`` s passed; in ticks, so that a Ctrl-C the kernel
@@ -248,7 +256,7 @@ class JobFuture(Future):
 
     def _stop(self) -> None:
         with self._lock:
-            if self.done():
+            if self._ended_now():
                 return
             self._stopping = True
             running = self._running

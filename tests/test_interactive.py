@@ -147,13 +147,17 @@ def test_on_progress_calls_back_until_the_end_and_a_raising_callback_is_logged(e
     assert (counts.array == 1).all()
 
 
-def test_progress_bar_counts_to_the_size_and_closes(engine, counts):
+def test_progress_bar_is_returned_and_closed_before_the_result(engine, counts):
     pytest.importorskip("tqdm")
     out = io.StringIO()
     future = engine.submit(MtJob(fns.count_slowly, (counts, 0.01), 0, N, align=4096, max_threads=2))
-    future.progress_bar(file=out, interval=0.02, ascii=True)
-    future.result()
-    until(lambda: "100%" in out.getvalue())
+    with future.progress_bar(file=out, interval=0.02, ascii=True) as bar:
+        future.result()
+        # Closed, at 100%, before result() returned: what the caller prints next comes after it.
+        assert bar.n == N
+        assert "100%" in out.getvalue()
+        out.write("the result line\n")
+    assert out.getvalue().rstrip().endswith("the result line")
 
 
 def test_progress_bar_without_tqdm_says_how_to_get_it(engine, counts, monkeypatch):

@@ -71,9 +71,9 @@ def table(result: Result) -> str:
         "  job's plain loop in one process, no engine.  Ratios divide times, above 1 where padata_mp is",
         "  faster: ratio = (0)'s / this; of native = the native reference's / this (same threads).",
         "",
-        f"  node% (thr) | kernel   | speedup  ratio  | {times:{span}} | Mpages/s |  GB/s "
+        f"  node% (thr) | kernel   | speedup  ratio  | {times:{span}} | Mpages/s |   GB/s "
         "| % of ceiling | of native",
-        f"  ----------- | -------- | --------------- | {'-' * span} | -------- | ----- "
+        f"  ----------- | -------- | --------------- | {'-' * span} | -------- | ------ "
         "| ------------ | ---------",
     ]
     for row in result.rows:
@@ -81,18 +81,18 @@ def table(result: Result) -> str:
         ceiling = "" if row.ceiling_fraction is None else f"{100 * row.ceiling_fraction:5.1f}%"
         lines.append(
             f"  {where:>11} | {row.kernel:8} | {row.speedup:6.1f}% {_ratio(row, 'plain'):6} | "
-            f"{_interval(row, width):{span}} | {row.pages_per_s / 1e6:8.1f} | {row.gbps:5.2f} | "
+            f"{_interval(row, width):{span}} | {row.pages_per_s / 1e6:8.1f} | {row.gbps:6.2f} | "
             f"{ceiling:>12} | {_ratio(row, 'native')}"
         )
     if result.ceilings:
         lines += [
             "",
-            f"  {'store ceiling (thr)':22} | stores      | {times:{span}} |  GB/s",
+            f"  {'store ceiling (thr)':22} | stores      | {times:{span}} |   GB/s",
         ]
         for c in result.ceilings:
             lines.append(
                 f"  {f'{c.node_percent:5.0f}% ({c.threads})':>22} | {c.kernel:11} | "
-                f"{_interval(c, width):{span}} | {c.gbps:5.1f}"
+                f"{_interval(c, width):{span}} | {c.gbps:6.1f}"
             )
     others = result.native + result.peers
     if others:
