@@ -497,6 +497,17 @@ def test_a_compiler_that_writes_junk_poisons_nothing(own_cache, tmp_path, monkey
     assert not own_cache.exists() or list(own_cache.iterdir()) == []
 
 
+def alive_with(marker: str) -> list[psutil.Process]:
+    """Processes whose command line holds ``marker``, less the dead: a killed orphan stays a zombie
+    until its new parent reaps it."""
+    found = psutil.process_iter(["cmdline", "status"])
+    return [
+        p
+        for p in found
+        if marker in " ".join(p.info["cmdline"] or []) and p.info["status"] != psutil.STATUS_ZOMBIE
+    ]
+
+
 def test_a_compiler_that_hangs_is_stopped_with_its_children(own_cache, tmp_path, monkeypatch):
     from padata_mp import native
 
@@ -505,8 +516,7 @@ def test_a_compiler_that_hangs_is_stopped_with_its_children(own_cache, tmp_path,
     monkeypatch.setattr(native, "BUILD_TIMEOUT_S", 1.0)
     built = build("library")
     assert built.path is None and "took over 1 s" in built.why
-    left = [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
-    assert left == []  # the compiler's own children went with it
+    assert alive_with(marker) == []  # the compiler's own children went with it
 
 
 def test_a_compiler_whose_version_probe_hangs_is_stopped_with_its_children(own_cache, tmp_path, monkeypatch):
@@ -524,8 +534,7 @@ def test_a_compiler_whose_version_probe_hangs_is_stopped_with_its_children(own_c
     finally:
         native._identity.cache_clear()
     assert built.path is None and "does not run" in built.why, built
-    left = [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
-    assert left == []  # the probe's own children went with it
+    assert alive_with(marker) == []  # the probe's own children went with it
 
 
 @needs_c
