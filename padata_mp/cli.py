@@ -319,11 +319,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(compare.report(comparison, args.fail_above, args.rows))
     if args.fail_above is None:
         return 0
-    for c in comparison.unsettled(pct, args.rows):
+    unsettled = comparison.unsettled(pct, args.rows)
+    for c in unsettled:
         print(f"padata-mp: not judged: {c.name}: {c.verdict}", file=sys.stderr)
     if comparison.regressions(pct, args.rows):
         return 1
-    return 3 if args.strict and comparison.unsettled(pct, args.rows) else 0
+    return 3 if args.strict and unsettled else 0
 
 
 def status(text: str) -> None:

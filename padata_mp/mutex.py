@@ -76,12 +76,10 @@ def lock_within(address: Any, seconds: float) -> int:
     else:
         deadline, clock = time.time() + seconds, -1
     ts = _Timespec(int(deadline), int((deadline % 1) * 1e9))
-    while True:
-        rc = _clocklock(address, clock, ts) if _clocklock is not None else _timedlock(address, ts)  # type: ignore[misc]
-        if rc != errno.EINTR:
-            break
+    # POSIX: a mutex lock is never interrupted by a signal (no EINTR): one call, bounded.
+    rc = _clocklock(address, clock, ts) if _clocklock is not None else _timedlock(address, ts)  # type: ignore[misc]
     if rc not in (0, OWNER_DIED, errno.ETIMEDOUT):
-        _check(rc, "pthread_mutex_clocklock")
+        _check(rc, "pthread_mutex_clocklock" if _clocklock is not None else "pthread_mutex_timedlock")
     return int(rc)
 
 

@@ -200,23 +200,24 @@ class JobFuture(Future):
         if self.cancelled():
             raise self._exception  # type: ignore[misc]  # the JobCancelledError the job ended with
 
-    def _ended_now(self) -> bool:
-        """The job has ended (its outcome is set): a look at the descriptor, no lock taken."""
+    def _ended_within(self, seconds: float) -> bool:
+        """The job has ended (its outcome is set), or does within ``seconds``: a poll of the
+        descriptor, no lock taken (a poll object per call: one may not be polled by two threads)."""
         poller = select.poll()
         poller.register(self._ended, select.POLLIN)
-        return bool(poller.poll(0))
+        return bool(poller.poll(seconds * 1000))
+
+    def _ended_now(self) -> bool:
+        return self._ended_within(0)
 
     def _wait(self, timeout: float | None) -> None:
         """Until the job has ended or ``timeout`` s passed; in ticks, so that a Ctrl-C the kernel
         hands to another thread still has its handler run here soon."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        poller = select.poll()
-        poller.register(self._ended, select.POLLIN)
-        while not poller.poll(0):
+        while True:
             left = CHECK_S if deadline is None else deadline - time.monotonic()
-            if left <= 0:
+            if self._ended_within(max(0.0, min(CHECK_S, left))) or left <= 0:
                 return
-            poller.poll(min(CHECK_S, left) * 1000)
 
     def _stopped_by_ctrl_c(self) -> contextlib.AbstractContextManager[Gate]:
         """A wait for this job: a Ctrl-C in it stops the job (bounded) before it propagates.  The

@@ -74,13 +74,10 @@ def store_ms(library: Path | None, engine: Padata, block: SharedArray, processes
         return float(ns) / 1e6
     rows = array.shape[0]
     per_chunk = max(1, pg.TILE * pg.STRUCT_PAGE_SIZE // (array.nbytes // rows))
-    job = MtJob(
-        store_chunk, (block, how), 0, rows, align=per_chunk, min_chunk=per_chunk, max_threads=processes
-    )
+    job = MtJob(store_chunk, block, 0, rows, align=per_chunk, min_chunk=per_chunk, max_threads=processes)
     return engine.do_multithreaded(job).elapsed_s * 1e3
 
 
-def store_chunk(start: int, end: int, arg: tuple[SharedArray, str]) -> None:
+def store_chunk(start: int, end: int, block: SharedArray) -> None:
     """The engine ceiling's thread_fn: store a non-zero value over rows [start, end) of the block."""
-    block, _ = arg
     block.array[start:end].fill(STORE_VALUE * 0x0101010101010101)

@@ -128,16 +128,13 @@ class Result:
         """Rates, ceiling fractions, ratios and warnings, from the runs."""
         node_cpus = min(len(n["cpus"]) for n in self.machine["nodes"] if n["cpus"])
         stored = self.machine.get("memmap_bytes", 0)  # what a ceiling pass writes
+        if self.ceilings:  # else the ceiling a result was given (or none)
+            self.ceiling = {}
         for row in self.ceilings:
             row.node_percent = 100.0 * row.threads / node_cpus
             row.gbps = stored / (row.time_ms / 1e3) / 1e9
-        if self.ceilings:
-            self.ceiling = {}
-            for row in self.ceilings:
-                self.ceiling.setdefault(row.threads, {})[row.kernel] = row.gbps
-        for row in self.all_rows():
-            if row.kind == "ceiling":
-                continue
+            self.ceiling.setdefault(row.threads, {})[row.kernel] = row.gbps
+        for row in [*self.rows, *self.native, *self.peers]:
             row.node_percent = 100.0 * row.threads / node_cpus
             row.pages_per_s = self.pages / (row.time_ms / 1e3)
             row.gbps = row.pages_per_s * self.bytes_per_page / 1e9

@@ -59,7 +59,7 @@ def _check_sections(start: int, end: int, job: ZoneJob) -> None:
             f"{len(job.memmap.array)} pages"
         )
     top = min(end, job.end_pfn)
-    sections, pageblocks = -(-top // pg.PAGES_PER_SECTION), -(-top // pg.PAGEBLOCK_NR_PAGES)
+    sections, pageblocks = ceil_div(top, pg.PAGES_PER_SECTION), ceil_div(top, pg.PAGEBLOCK_NR_PAGES)
     if len(job.records.array) < sections or len(job.pageblocks.array) < pageblocks:
         raise ValueError(
             f"[{start}, {end}) needs {sections} section records and {pageblocks} pageblocks, but the "
