@@ -497,6 +497,27 @@ def test_a_compiler_that_writes_junk_poisons_nothing(own_cache, tmp_path, monkey
     assert not own_cache.exists() or list(own_cache.iterdir()) == []
 
 
+def test_an_interrupt_while_a_probe_runs_is_raised_even_once_the_probe_is_gone():
+    """The child interrupts its parent and exits at once: communicate() reaps it on the way out,
+    and the KeyboardInterrupt (SIGTERM's too, in padata-mp) still reaches the caller."""
+    code = (
+        "import sys\n"
+        "from padata_mp import native\n"
+        "child = 'import os, signal; os.kill(os.getppid(), signal.SIGINT)'\n"
+        "try:\n"
+        "    native._run([sys.executable, '-c', child], 30)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('KeyboardInterrupt')\n"
+        "except BaseException as exc:\n"
+        "    print(type(exc).__name__)\n"
+        "else:\n"
+        "    print('lost')\n"
+    )
+    for _ in range(5):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert out.stdout.strip() == "KeyboardInterrupt", (out.stdout, out.stderr)
+
+
 def alive_with(marker: str) -> list[psutil.Process]:
     """Processes whose command line holds ``marker``, less the dead: a killed orphan stays a zombie
     until its new parent reaps it."""

@@ -13,6 +13,7 @@ skipped and says why.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -102,7 +103,10 @@ def _run(command: list[str], timeout: float) -> subprocess.CompletedProcess[byte
         try:
             out, err = made.communicate(timeout=timeout)
         except BaseException:
-            os.killpg(made.pid, signal.SIGKILL)
+            # communicate() may have reaped it already (it waits a moment on a KeyboardInterrupt):
+            # with nothing left in its group, ESRCH must not replace the interrupt on its way out.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(made.pid, signal.SIGKILL)
             made.wait()
             raise
     return subprocess.CompletedProcess(command, made.returncode, out, err)
